@@ -1,0 +1,1 @@
+"""From MLflow runs to answers: DataFrames, sweet-spot computations, reports and plots."""

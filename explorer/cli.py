@@ -1,0 +1,301 @@
+"""The `kdx` command line.
+
+Commands live in a small registry (`command` decorator). The core commands are defined here;
+`trainables` and `analysis` add theirs from the modules listed in `EXTENSIONS`, so `explorer`
+never imports them at import time and stays usable on its own.
+
+Every user-input problem is a `KdxError`, printed as one line (`kdx: error: ...`), exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import KdxError, bad_value
+
+EXTENSIONS = ("trainables.commands", "trainables.search_commands", "analysis.commands")
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register `fn(args)` as the `kdx NAME` subcommand."""
+    def wrap(fn):
+        COMMANDS[name] = Command(name, help, add_arguments, fn)
+        return fn
+    return wrap
+
+
+# ------------------------------------------------------------------ argument helpers
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: comma-separated whole numbers") from None
+
+
+def str_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist1d", help="dataset name (see `kdx datasets`)")
+    g.add_argument("--data-dir", default=None, help="directory with the dataset (CIFAR) or its cache")
+    g.add_argument("--download", action="store_true", help="download CIFAR into --data-dir if missing")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="validation split carved from train")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the validation split and conditions")
+    g.add_argument("--label-noise", type=float, default=0.0, help="symmetric label-noise rate sigma (train only)")
+    g.add_argument("--imbalance-gamma", type=float, default=None, help="power-law class imbalance gamma")
+    g.add_argument("--imbalance-max", type=int, default=None, help="largest class count under imbalance")
+    g.add_argument("--imbalance-min", type=int, default=None, help="smallest class count under imbalance")
+    g.add_argument("--omit-classes", type=int_list, default=[], help="classes dropped from train, e.g. 3,7")
+
+
+def data_spec_from_args(args: argparse.Namespace):
+    from .data import DataCondition, DataSpec
+
+    return DataSpec(
+        dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+        val_fraction=args.val_fraction, split_seed=args.split_seed,
+        condition=DataCondition(
+            label_noise=args.label_noise, imbalance_gamma=args.imbalance_gamma,
+            imbalance_max=args.imbalance_max, imbalance_min=args.imbalance_min,
+            omit_classes=tuple(args.omit_classes),
+        ),
+    )
+
+
+def print_json(obj) -> None:
+    """One JSON object on one line; NaN/inf become null so every JSON parser reads it."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    print(json.dumps(clean(obj), sort_keys=True), flush=True)
+
+
+# ------------------------------------------------------------------ core commands
+
+
+def _models_args(p):
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--input-shape", type=int_list, default=None,
+                   help="per-sample input shape, e.g. 3,32,32 (default: 1,40 for cnn1d/mlp, 3,32,32 otherwise)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("models", "list architectures with their parameter counts", _models_args)
+def cmd_models(args):
+    from .models import build_model, count_params, list_models
+
+    rows = []
+    for name in list_models():
+        shape = tuple(args.input_shape) if args.input_shape else (
+            (1, 40) if name.startswith(("cnn1d", "mlp")) else (3, 32, 32))
+        rows.append({"arch": name, "params": count_params(build_model(name, args.num_classes, shape)),
+                     "input_shape": list(shape)})
+    if args.json:
+        print_json({"num_classes": args.num_classes, "models": rows})
+    else:
+        for r in rows:
+            print(f"{r['arch']:<14} {r['params']:>12,}  input {tuple(r['input_shape'])}")
+
+
+def _datasets_args(p):
+    p.add_argument("--json", action="store_true")
+
+
+@command("datasets", "list datasets with their shapes", _datasets_args)
+def cmd_datasets(args):
+    from .data import DATASETS
+
+    rows = [{"name": d.name, "num_classes": d.num_classes, "input_shape": list(d.input_shape),
+             "augment": d.augment, "description": d.description} for d in DATASETS.values()]
+    if args.json:
+        print_json({"datasets": rows})
+    else:
+        for r in rows:
+            print(f"{r['name']:<10} {r['num_classes']:>4} classes  input {tuple(r['input_shape'])!s:<12} "
+                  f"augment={r['augment']:<9} {r['description']}")
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, prefix: str = "", defaults: dict | None = None) -> None:
+    """Optimiser/schedule flags; `prefix` = 'teacher-' gives the teacher's own recipe flags."""
+    d = {"epochs": 30, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "schedule": "cosine"} | (defaults or {})
+    g = p.add_argument_group(f"{prefix or 'student '}recipe")
+    g.add_argument(f"--{prefix}epochs", type=int, default=d["epochs"])
+    g.add_argument(f"--{prefix}lr", type=float, default=d["lr"])
+    g.add_argument(f"--{prefix}batch-size", type=int, default=d["batch_size"])
+    g.add_argument(f"--{prefix}weight-decay", type=float, default=d["weight_decay"])
+    g.add_argument(f"--{prefix}momentum", type=float, default=0.9)
+    g.add_argument(f"--{prefix}nesterov", action="store_true")
+    g.add_argument(f"--{prefix}schedule", default=d["schedule"], help="multistep, cosine, early_stop or constant")
+    g.add_argument(f"--{prefix}milestones", type=int_list, default=[], help="multistep: epochs where lr *= gamma")
+    g.add_argument(f"--{prefix}lr-gamma", type=float, default=0.2)
+
+
+def recipe_from_args(args, prefix: str, arch: str, seed: int, method: str = "ce", method_params=None):
+    from .train import TrainConfig
+
+    a = lambda name: getattr(args, (prefix + name).replace("-", "_"))  # noqa: E731
+    return TrainConfig(
+        arch=arch, epochs=a("epochs"), batch_size=a("batch-size"), lr=a("lr"), momentum=a("momentum"),
+        nesterov=a("nesterov"), weight_decay=a("weight-decay"), schedule=a("schedule"),
+        milestones=tuple(a("milestones")), lr_gamma=a("lr-gamma"), seed=seed, method=method,
+        method_params=method_params or {},
+    )
+
+
+def _train_args(p):
+    add_data_arguments(p)
+    p.add_argument("--student", required=True, help="student architecture (see `kdx models`)")
+    p.add_argument("--teacher", default=None, help="teacher architecture; trained first (or reused)")
+    p.add_argument("--method", default=None, help="distillation method (default: kd with a teacher, else ce)")
+    p.add_argument("--temperature", type=float, default=None, help="KD temperature T > 0 (default 4)")
+    p.add_argument("--alpha", type=float, default=None, help="KD weight alpha in [0, 1] (default 0.9)")
+    p.add_argument("--kd-stop-epoch", type=int, default=None, help="switch the KD term off from this epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline", action="store_true", help="also train the CE-only student (same seed)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with the final metrics")
+    add_recipe_arguments(p)
+    add_recipe_arguments(p, "teacher-")
+    p.add_argument("--store", default=None,
+                   help="teacher store: a path or a URI pyarrow understands (default ./kdx_runs/teachers)")
+    p.add_argument("--teacher-stop-epoch", type=int, default=None,
+                   help="use the teacher's checkpoint at this epoch (default: its last epoch, --teacher-epochs)")
+
+
+def _progress(label: str):
+    def show(epoch, m, trainer):
+        extra = f" kd_agree {m['kd_agreement']:.3f}" if "kd_agreement" in m else ""
+        print(f"[{label}] epoch {epoch:>3}/{trainer.cfg.epochs} loss {m['train_loss']:.4f} "
+              f"val_acc {m['val_acc']:.4f} test_acc {m['test_acc']:.4f}{extra} "
+              f"({m['samples_per_second']:,.0f} samples/s)", flush=True)
+    return show
+
+
+def obtain_teacher(args, spec, splits, device):
+    """The teacher for `kdx train`, from the teacher store: reused when it is there, else built (or
+    extended to `--teacher-stop-epoch`) once and kept. Returns (model, metrics at the stop epoch)."""
+    from types import SimpleNamespace
+
+    from .store import TeacherRecipe, TeacherStore, default_store_root
+    from .train import default_device
+
+    cfg = recipe_from_args(args, "teacher_", args.teacher, args.seed)
+    recipe = TeacherRecipe(spec, cfg)
+    stop = cfg.epochs if args.teacher_stop_epoch is None else args.teacher_stop_epoch
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= cfg.epochs:
+        raise bad_value("--teacher-stop-epoch", stop, f"allowed: a whole number from 1 to {cfg.epochs} "
+                        f"(--teacher-epochs)")
+    store = TeacherStore(args.store or default_store_root())
+    show = _progress(f"teacher {args.teacher}")
+    trainer_view = SimpleNamespace(cfg=cfg)  # what _progress reads from a trainer
+    record, built = store.ensure(recipe, [stop], device=device, splits=splits,
+                                 on_epoch=lambda e, m: show(e, m, trainer_view))
+    model, info = store.load_model(record.key, stop, device=device or default_device())
+    how = "built and kept" if built else "reused"
+    print(f"teacher {record.label} [{record.key}] epoch {stop}: {how} in {store.root}", flush=True)
+    return model, {"val_acc": info["val_acc"], "test_acc": info["test_acc"], "epoch": stop, "key": record.key}
+
+
+@command("train", "train one student (and its teacher, if named)", _train_args)
+def cmd_train(args):
+    from .data import load_splits
+    from .train import Trainer
+
+    method = args.method or ("kd" if args.teacher else "ce")
+    params = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
+                                ("kd_stop_epoch", args.kd_stop_epoch)) if v is not None}
+    student_cfg = recipe_from_args(args, "", args.student, args.seed, method, params)
+    from .methods import get_method
+
+    if get_method(method).needs_teacher and not args.teacher:
+        raise bad_value("--teacher", None, f"method {method!r} needs a teacher; name one with --teacher")
+    student_cfg.validate()  # all checks before any compute
+    spec = data_spec_from_args(args)
+    splits = load_splits(spec)
+    result = {"dataset": args.dataset, "student": args.student, "method": method, "seed": args.seed}
+    teacher = None
+    if args.teacher:
+        recipe_from_args(args, "teacher_", args.teacher, args.seed).validate()
+        teacher, t_final = obtain_teacher(args, spec, splits, args.device)
+        result |= {"teacher": args.teacher, "teacher_val_acc": t_final["val_acc"],
+                   "teacher_test_acc": t_final["test_acc"]}
+    trainer = Trainer(student_cfg, splits, args.device, teacher=teacher)
+    trainer.run(_progress(f"student {args.student} {method}"))
+    result |= trainer.history[-1]
+    if args.baseline:
+        base_cfg = recipe_from_args(args, "", args.student, args.seed)
+        base = Trainer(base_cfg, splits, args.device)
+        base.run(_progress(f"student {args.student} ce"))
+        result |= {"baseline_val_acc": base.history[-1]["val_acc"], "baseline_test_acc": base.history[-1]["test_acc"]}
+    summary = [f"student {args.student} ({method}): val {result['val_acc']:.4f} test {result['test_acc']:.4f}"]
+    if args.teacher:
+        summary.insert(0, f"teacher {args.teacher}: val {result['teacher_val_acc']:.4f} test {result['teacher_test_acc']:.4f}")
+    if args.baseline:
+        summary.append(f"student {args.student} (ce only): val {result['baseline_val_acc']:.4f} "
+                       f"test {result['baseline_test_acc']:.4f}")
+    print("\n".join(summary), flush=True)
+    if args.json:
+        print_json(result)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in EXTENSIONS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    parser = argparse.ArgumentParser(prog="kdx", description="Explore knowledge-distillation hyperparameters "
+                                     "and the teacher-student capacity gap.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for c in COMMANDS.values():
+        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        c.add_arguments(p)
+        p.set_defaults(_run=c.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KdxError as e:
+        print(f"kdx: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("kdx: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

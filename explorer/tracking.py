@@ -1,0 +1,53 @@
+"""The names kdx writes to MLflow, in one place: what `trainables` logs is what `analysis` reads.
+
+Layout of one search in MLflow (experiment = the spec's `name`):
+
+- a **parent run** per `kdx search` invocation: tag `kdx.role=search`; the spec file as an
+  artifact; the plan as params;
+- a **teacher run** per teacher build: tag `kdx.role=teacher`, tag `teacher_key`; the recipe as
+  params; per-epoch metrics (step = epoch);
+- a **trial run** per Ray Tune trial, child of the parent (tag `mlflow.parentRunId`): tags
+  `kdx.role=trial`, `trial_id`, `teacher_key` ("none" for the CE baseline), `status`, `kdx.kind`;
+  params `TRIAL_PARAMS`; per-epoch metrics `EPOCH_METRICS` with step = epoch.
+"""
+
+ROLE_TAG = "kdx.role"
+ROLE_SEARCH, ROLE_TEACHER, ROLE_TRIAL = "search", "teacher", "trial"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_ID_TAG = "trial_id"
+TEACHER_KEY_TAG = "teacher_key"
+STATUS_TAG = "status"
+KIND_TAG = "kdx.kind"
+
+# Trial outcomes. Only COMPLETED trials enter comparisons; the others are counted and listed.
+COMPLETED, PRUNED, DIVERGED, FAILED, RUNNING = "completed", "pruned", "diverged", "failed", "running"
+STATUSES = (COMPLETED, PRUNED, DIVERGED, FAILED, RUNNING)
+
+# What a trial is for: a searched KD config, the CE-only baseline (never pruned), a confirmation re-run.
+KIND_SEARCH, KIND_BASELINE, KIND_CONFIRM = "search", "baseline", "confirm"
+
+NO_TEACHER = "none"
+
+# Params of every trial run (strings in MLflow; analysis converts them back).
+TRIAL_PARAMS = (
+    "dataset",            # dataset name
+    "student",            # student architecture
+    "teacher",            # teacher architecture, or "none"
+    "teacher_stop_epoch", # epoch of the teacher checkpoint used ("none" without teacher)
+    "teacher_epochs",     # the teacher run's total epochs
+    "method",             # distillation method name (ce for the baseline)
+    "temperature",
+    "alpha",
+    "kd_stop_epoch",      # "none" if KD is never switched off
+    "seed",               # the student's seed
+    "student_params",     # parameter counts
+    "teacher_params",
+    "capacity_ratio",     # teacher_params / student_params (below 1 for reversed KD)
+    "epochs",             # the student's planned epochs (ASHA's max_t)
+)
+
+# Per-epoch metrics (step = epoch, 1-based) produced by explorer.train.Trainer.
+EPOCH_METRICS = (
+    "train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "test_acc", "test_loss",
+    "kd_agreement", "teacher_val_acc", "epoch_seconds", "samples_per_second", "lr",
+)

@@ -1,0 +1,298 @@
+"""The one training loop, for teachers and students alike (a teacher is a student with no teacher).
+
+Design points (../shared/DESIGN.md, "Fast by default"):
+- the data is one tensor per split on the training device; batches and augmentation are tensor ops;
+- the teacher runs under `torch.inference_mode()` (bf16 autocast on GPU); when the data is not
+  augmented and the method only needs logits, the teacher's logits for the whole training set are
+  computed once and indexed per batch instead of re-running the teacher every epoch;
+- loss sums stay on the device during an epoch (no per-batch `.item()` sync);
+- the full state (model, optimiser, scheduler, RNG, epoch, history) round-trips through
+  `state_dict()` / `load_state_dict()`, so a Ray trial can resume from its last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data import Splits, augment_batch
+from .errors import KdxError, bad_value
+from .methods import LossInputs, check_method_params, get_method
+from .models import build_model, count_params
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+
+
+def _multistep(cfg: "TrainConfig", epoch: int) -> float:
+    return cfg.lr_gamma ** sum(epoch >= m for m in cfg.milestones)
+
+
+def _cosine(cfg: "TrainConfig", epoch: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def _early_stop(cfg: "TrainConfig", epoch: int) -> float:
+    """Seed 004 section 5.5: an n-epoch teacher drops its LR x0.2 every floor((n-5)/3) epochs."""
+    step = max(1, (cfg.epochs - 5) // 3)
+    return 0.2 ** (epoch // step)
+
+
+def _constant(cfg: "TrainConfig", epoch: int) -> float:
+    return 1.0
+
+
+# epoch here is the number of epochs already completed (0 for the first epoch).
+SCHEDULES: dict[str, Callable[["TrainConfig", int], float]] = {
+    "multistep": _multistep,
+    "cosine": _cosine,
+    "early_stop": _early_stop,
+    "constant": _constant,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines one training run, apart from the data (see `DataSpec`)."""
+
+    arch: str
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.2
+    seed: int = 0
+    method: str = "ce"
+    method_params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.milestones = tuple(int(m) for m in self.milestones)
+
+    def validate(self) -> dict:
+        """Check every field; return the method's resolved hyperparameters."""
+        for name, low in (("epochs", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise bad_value(name, value, f"allowed: a whole number >= {low}")
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise bad_value(name, value, "allowed: a number >= 0")
+        if self.schedule not in SCHEDULES:
+            raise bad_value("schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
+        bad = [m for m in self.milestones if not 1 <= m <= self.epochs]
+        if bad:
+            raise bad_value("milestones", bad[0], f"allowed: epochs between 1 and {self.epochs}")
+        return check_method_params(self.method, self.method_params, self.epochs)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+class Diverged(KdxError):
+    """The training loss became NaN or infinite; the run stops at once."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on GPU, nothing on CPU (CPU bf16 is slower than fp32 on most hosts)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Logits for every row of x, in eval mode and inference mode, as float32."""
+    was_training = model.training
+    model.eval()
+    with _autocast(x.device):
+        out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float, Tensor]:
+    """(accuracy, mean CE loss, predictions) of `model` on (x, y)."""
+    logits = predict_logits(model, x)
+    preds = logits.argmax(1)
+    return (preds == y).float().mean().item(), F.cross_entropy(logits, y).item(), preds
+
+
+EpochCallback = Callable[[int, dict, "Trainer"], None]
+
+
+class Trainer:
+    """Trains `cfg.arch` on `splits` with `cfg.method`, optionally against a frozen `teacher`.
+
+    Epochs are 1-based. `run()` calls `callback(epoch, metrics, trainer)` after every epoch; the
+    callback may save `trainer.state_dict()` and report metrics (a Ray trial does both).
+    """
+
+    def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device | str | None = None,
+                 teacher: nn.Module | None = None):
+        self.hp = cfg.validate()
+        self.cfg = cfg
+        self.method = get_method(cfg.method)
+        if self.method.needs_teacher and teacher is None:
+            raise bad_value("teacher", None, f"method {cfg.method!r} needs a teacher")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.splits = splits.to(self.device)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.arch, splits.num_classes, splits.input_shape).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
+        )
+        schedule = SCHEDULES[cfg.schedule]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: schedule(cfg, e))
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+        self.teacher = None
+        if teacher is not None and self.method.needs_teacher:
+            self._set_teacher(teacher)
+
+    # ------------------------------------------------------------------ teacher
+    def _set_teacher(self, teacher: nn.Module) -> None:
+        self.teacher = teacher.to(self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        s = self.splits
+        self.teacher_val_acc, _, self.teacher_val_preds = evaluate(self.teacher, s.val_x, s.val_y)
+        # Without augmentation the teacher sees the same inputs every epoch: run it once.
+        self.teacher_train_logits = None
+        if s.augment == "none" and not self.method.needs_features:
+            self.teacher_train_logits = predict_logits(self.teacher, s.train_x)
+
+    @torch.inference_mode()
+    def _teacher_outputs(self, xb: Tensor, idx: Tensor):
+        if self.teacher_train_logits is not None:
+            return self.teacher_train_logits[idx], None
+        with _autocast(self.device):
+            if self.method.needs_features:
+                logits, feats = self.teacher(xb, features=True)
+                return logits.float(), [f.float() for f in feats]
+            return self.teacher(xb).float(), None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-for-bit; only tensors and plain types (weights_only-safe)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "config": self.cfg.as_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self) -> dict:
+        epoch = self.epoch + 1
+        s, hp, method = self.splits, self.hp, self.method
+        use_teacher = self.teacher is not None and method.uses_teacher(epoch, hp)
+        self.model.train()
+        sums: dict[str, Tensor] = {}
+        total = torch.zeros((), device=self.device)
+        n_seen = 0
+        start = time.perf_counter()
+        perm = torch.randperm(len(s.train_y), generator=self.generator, device=self.device)
+        for idx in perm.split(self.cfg.batch_size):
+            xb, yb = s.train_x[idx], s.train_y[idx]
+            if s.augment == "crop_flip":
+                xb = augment_batch(xb, self.generator)
+            t_logits, t_feats = self._teacher_outputs(xb, idx) if use_teacher else (None, None)
+            with _autocast(self.device):
+                if method.needs_features:
+                    logits, feats = self.model(xb, features=True)
+                else:
+                    logits, feats = self.model(xb), None
+            terms = method.losses(LossInputs(logits, yb, epoch, t_logits, feats, t_feats), hp)
+            loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            n = len(yb)
+            n_seen += n
+            total += loss.detach() * n
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + v.detach() * n
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        train_loss = (total / n_seen).item()
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss became {train_loss} at epoch {epoch}; the run stopped.")
+        metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
+        for k in ("ce", "kd"):
+            metrics[f"train_{k}"] = (sums[k] / n_seen).item() if k in sums else 0.0
+        for k, v in sums.items():
+            metrics.setdefault(f"train_{k}", (v / n_seen).item())
+        metrics.update(self._eval_metrics())
+        metrics["epoch_seconds"] = seconds
+        metrics["samples_per_second"] = n_seen / seconds if seconds > 0 else float("inf")
+        self.epoch = epoch
+        self.history.append(metrics)
+        return metrics
+
+    def _eval_metrics(self) -> dict:
+        s = self.splits
+        val_acc, val_loss, val_preds = evaluate(self.model, s.val_x, s.val_y)
+        test_acc, test_loss, _ = evaluate(self.model, s.test_x, s.test_y)
+        out = {"val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss}
+        if self.teacher is not None:
+            out["kd_agreement"] = (val_preds == self.teacher_val_preds).float().mean().item()
+            out["teacher_val_acc"] = self.teacher_val_acc
+        return out
+
+    def run(self, callback: EpochCallback | None = None) -> list[dict]:
+        """Train from the current epoch to `cfg.epochs`; return the per-epoch history."""
+        while self.epoch < self.cfg.epochs:
+            metrics = self.train_epoch()
+            if callback is not None:
+                callback(self.epoch, metrics, self)
+        return self.history
+
+
+def save_state(state: dict, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same directory, then rename over the final name."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by `save_state`; refuses anything but tensors and plain types."""
+    return torch.load(os.fspath(path), map_location=device, weights_only=True)
+
+
+def model_size(arch: str, splits: Splits) -> int:
+    return count_params(build_model(arch, splits.num_classes, splits.input_shape))
