@@ -1,0 +1,190 @@
+"""`kdx` commands that need Ray (registered into explorer.cli's command registry on import).
+
+Imports of Ray, MLflow and torch happen inside the commands, so `kdx --help` stays fast.
+"""
+
+from __future__ import annotations
+
+
+# =====================================================================================
+# `kdx teachers {build,list,verify}`: the teacher zoo (trainables/zoo.py, explorer/store.py)
+# Self-contained section: everything it uses is imported or defined between these two banners.
+# =====================================================================================
+
+import argparse  # noqa: E402
+
+from explorer.cli import (add_data_arguments, add_recipe_arguments, command, data_spec_from_args,  # noqa: E402
+                          int_list, print_json, recipe_from_args, str_list)
+from explorer.errors import KdxError, bad_value  # noqa: E402
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _teacher_store(args):
+    from explorer.store import TeacherStore, default_store_root
+
+    return TeacherStore(args.store or default_store_root())
+
+
+def _acc_text(checkpoints: dict) -> str:
+    return " | ".join(f"e{e} val {c['val_acc']:.4f} test {c['test_acc']:.4f}" for e, c in sorted(checkpoints.items()))
+
+
+def _teachers_build_args(p):
+    add_data_arguments(p)
+    p.add_argument("--arch", type=str_list, required=True, help="teacher architectures, e.g. cnn1d_w8,cnn1d_w32")
+    p.add_argument("--stop-epochs", type=int_list, default=[],
+                   help="extra checkpoints to keep, e.g. 10,20 (the final epoch is always kept)")
+    p.add_argument("--seeds", type=int_list, default=[0], help="one teacher per seed, e.g. 0,1,2")
+    add_recipe_arguments(p)
+    p.add_argument("--store", default=None, help="teacher store path or URI (default ./kdx_runs/teachers)")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: a local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the teacher runs")
+    p.add_argument("--experiment", default=None, help="MLflow experiment of the teacher runs (default kdx_teachers)")
+    p.add_argument("--cpus-per-teacher", type=float, default=1.0)
+    p.add_argument("--gpus-per-teacher", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
+    p.add_argument("--retries", type=int, default=2, help="retries of a failed build task")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with every teacher")
+
+
+def _teachers_build(args) -> int:
+    from explorer.store import TeacherRecipe, check_stop_epochs
+
+    # Everything is checked before Ray starts.
+    if not args.arch:
+        raise bad_value("--arch", args.arch, "allowed: one or more architectures, comma-separated")
+    if not args.seeds:
+        raise bad_value("--seeds", args.seeds, "allowed: one or more whole numbers, comma-separated")
+    local = not args.address or args.address == "local"
+    if args.num_cpus is not None and (not local or args.num_cpus < 1):
+        raise bad_value("--num-cpus", args.num_cpus, "allowed: a whole number >= 1, only with a local Ray "
+                        "(no --address)")
+    if not args.cpus_per_teacher > 0:
+        raise bad_value("--cpus-per-teacher", args.cpus_per_teacher, "allowed: a number > 0")
+    if not args.gpus_per_teacher >= 0:
+        raise bad_value("--gpus-per-teacher", args.gpus_per_teacher, "allowed: a number >= 0 (fractions share a GPU)")
+    if args.retries < 0:
+        raise bad_value("--retries", args.retries, "allowed: a whole number >= 0")
+    spec = data_spec_from_args(args)
+    requests = []
+    for arch in args.arch:
+        for seed in args.seeds:
+            recipe = TeacherRecipe(spec, recipe_from_args(args, "", arch, seed))
+            recipe.validate()
+            check_stop_epochs(args.stop_epochs, recipe.train.epochs)
+            requests.append((recipe, list(args.stop_epochs)))
+    store = _teacher_store(args)
+    from trainables.zoo import absolute_tracking_uri, build_zoo
+
+    import ray
+
+    started = False
+    # Ray is started only when something has to be built (all reused: answered from the store).
+    if not ray.is_initialized() and any(store.complete(r, s) is None for r, s in requests):
+        kwargs = {"include_dashboard": False} if local else {}
+        if local and args.num_cpus:
+            kwargs["num_cpus"] = args.num_cpus
+        try:
+            ray.init(address=args.address or "local", **kwargs)
+        except ConnectionError as e:
+            raise KdxError(f"--address: could not connect to Ray at {args.address!r} ({e}).") from None
+        started = True
+    try:
+        results = build_zoo(requests, store.root, cpus_per_teacher=args.cpus_per_teacher,
+                            gpus_per_teacher=args.gpus_per_teacher, retries=args.retries,
+                            tracking_uri=absolute_tracking_uri(args.tracking_uri), experiment=args.experiment)
+    finally:
+        if started:
+            ray.shutdown()
+    rows = []
+    for r in results:
+        if r.status == "failed":
+            print(f"{r.key}  failed  {r.label}: {r.error}", flush=True)
+        else:
+            asked = {e: r.record.checkpoints[e] for e in r.stop_epochs}
+            print(f"{r.key}  {r.status:<6}  {r.label:<22} {_acc_text(asked)}", flush=True)
+        rows.append({"key": r.key, "label": r.label, "status": r.status, "error": r.error,
+                     "stop_epochs": list(r.stop_epochs),
+                     "checkpoints": {str(e): {"val_acc": c["val_acc"], "test_acc": c["test_acc"]}
+                                     for e, c in (r.record.checkpoints.items() if r.record else [])}})
+    failed = sum(r.status == "failed" for r in results)
+    print(f"{len(results)} teachers in {store.root}: {sum(r.status == 'built' for r in results)} built, "
+          f"{sum(r.status == 'reused' for r in results)} reused, {failed} failed", flush=True)
+    if args.json:
+        print_json({"store": store.root, "teachers": rows})
+    return 1 if failed else 0
+
+
+def _teachers_list_args(p):
+    p.add_argument("--store", default=None, help="teacher store path or URI (default ./kdx_runs/teachers)")
+    p.add_argument("--json", action="store_true", help="one JSON object with every teacher")
+
+
+def _teachers_list(args) -> int:
+    store = _teacher_store(args)
+    records = store.list()
+    if args.json:
+        print_json({"store": store.root, "teachers": [r.summary() for r in records]})
+        return 0
+    if not records:
+        print(f"no teachers in {store.root}", flush=True)
+        return 0
+    for r in records:
+        print(f"{r.key}  {r.recipe['data']['dataset']:<8} {r.label:<22} {r.params:>11,} params "
+              f"{_human_bytes(r.size_bytes):>9}  {_acc_text(r.checkpoints)}", flush=True)
+    print(f"{len(records)} teachers, {_human_bytes(sum(r.size_bytes for r in records))} in {store.root}", flush=True)
+    return 0
+
+
+def _teachers_verify_args(p):
+    p.add_argument("--store", default=None, help="teacher store path or URI (default ./kdx_runs/teachers)")
+
+
+def _teachers_verify(args) -> int:
+    store = _teacher_store(args)
+    problems = store.verify()
+    for line in problems:
+        print(f"broken: {line}", flush=True)
+    if problems:
+        print(f"{len(problems)} broken file(s) in {store.root}; `kdx teachers build` with the same recipe "
+              f"rebuilds them", flush=True)
+        return 1
+    records = store.list()
+    print(f"ok: {len(records)} teachers, {sum(len(r.checkpoints) for r in records)} checkpoints verified "
+          f"in {store.root}", flush=True)
+    return 0
+
+
+_TEACHER_ACTIONS = {
+    "build": ("build teachers (in parallel, as Ray tasks) and keep a checkpoint at each stop epoch",
+              _teachers_build_args, _teachers_build),
+    "list": ("list the teachers in the store", _teachers_list_args, _teachers_list),
+    "verify": ("check every checkpoint's checksum; exit 1 if anything is broken", _teachers_verify_args,
+               _teachers_verify),
+}
+
+
+def _teachers_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="teachers_action", required=True, metavar="ACTION")
+    for name, (help_text, add_args, fn) in _TEACHER_ACTIONS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(sp)
+        sp.set_defaults(_teachers_run=fn)
+
+
+@command("teachers", "the teacher store: build, list, verify", _teachers_args)
+def cmd_teachers(args) -> int:
+    return args._teachers_run(args)
+
+
+# =====================================================================================
+# end of the `kdx teachers` section
+# =====================================================================================
