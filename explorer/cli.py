@@ -298,4 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module so extensions register with the same COMMANDS table.
+    from explorer.cli import main as _main
+
+    sys.exit(_main())

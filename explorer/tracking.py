@@ -21,7 +21,8 @@ KIND_TAG = "kdx.kind"
 
 # Trial outcomes. Only COMPLETED trials enter comparisons; the others are counted and listed.
 COMPLETED, PRUNED, DIVERGED, FAILED, RUNNING = "completed", "pruned", "diverged", "failed", "running"
-STATUSES = (COMPLETED, PRUNED, DIVERGED, FAILED, RUNNING)
+INTERRUPTED = "interrupted"  # the search was stopped (Ctrl-C) mid-trial; `--resume` continues it
+STATUSES = (COMPLETED, PRUNED, DIVERGED, FAILED, RUNNING, INTERRUPTED)
 
 # What a trial is for: a searched KD config, the CE-only baseline (never pruned), a confirmation re-run.
 KIND_SEARCH, KIND_BASELINE, KIND_CONFIRM = "search", "baseline", "confirm"
@@ -51,3 +52,32 @@ EPOCH_METRICS = (
     "train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "test_acc", "test_loss",
     "kd_agreement", "teacher_val_acc", "epoch_seconds", "samples_per_second", "lr",
 )
+
+
+# ------------------------------------------------------------------ where runs go by default
+
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+RUN_DIR = "kdx_runs"  # under the current directory: Ray results, teachers, the SQLite store, reports
+
+
+def default_tracking_uri(cwd: str | os.PathLike | None = None) -> str:
+    """`sqlite:///<abs>/kdx_runs/mlflow.db` under `cwd` (default: the current directory)."""
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    return f"sqlite:///{(base / RUN_DIR / 'mlflow.db').resolve()}"
+
+
+def absolute_tracking_uri(uri: str | None) -> str | None:
+    """Make a tracking URI independent of the current directory (Ray trials and tasks change it):
+    a plain path becomes absolute, `sqlite:///relative.db` becomes `sqlite:////abs/relative.db`."""
+    if not uri:
+        return uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    if uri.startswith("file://"):
+        path = uri[len("file://"):]
+        return uri if path.startswith("/") else "file://" + os.path.abspath(path)
+    if "://" not in uri and not uri.startswith("sqlite:"):
+        return os.path.abspath(os.path.expanduser(uri))
+    return uri

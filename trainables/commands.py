@@ -82,7 +82,8 @@ def _teachers_build(args) -> int:
             check_stop_epochs(args.stop_epochs, recipe.train.epochs)
             requests.append((recipe, list(args.stop_epochs)))
     store = _teacher_store(args)
-    from trainables.zoo import absolute_tracking_uri, build_zoo
+    from explorer.tracking import absolute_tracking_uri
+    from trainables.zoo import build_zoo
 
     import ray
 

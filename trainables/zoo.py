@@ -28,9 +28,9 @@ import ray
 from explorer.errors import KdxError, bad_value
 from explorer.store import (TeacherRecipe, TeacherRecord, TeacherStore, check_stop_epochs,
                             default_store_root)
-from explorer.tracking import ROLE_TAG, ROLE_TEACHER, TEACHER_KEY_TAG
+from explorer.tracking import ROLE_TAG, ROLE_TEACHER, TEACHER_KEY_TAG, absolute_tracking_uri
 
-__all__ = ["ZooResult", "build_zoo", "default_store_root", "absolute_tracking_uri", "flatten"]
+__all__ = ["ZooResult", "build_zoo", "default_store_root", "flatten"]
 
 log = logging.getLogger("kdx.zoo")
 
@@ -46,21 +46,6 @@ class ZooResult:
     record: TeacherRecord | None
     error: str | None
     stop_epochs: tuple[int, ...] = ()
-
-
-def absolute_tracking_uri(uri: str | None) -> str | None:
-    """Make a tracking URI independent of the current directory (Ray tasks and trials change it):
-    a plain path becomes an absolute path, sqlite:///relative.db becomes sqlite:////abs/relative.db."""
-    if not uri:
-        return uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    if uri.startswith("file://"):
-        path = uri[len("file://"):]
-        return "file://" + os.path.abspath(path) if not path.startswith("/") else uri
-    if "://" not in uri and not uri.startswith("sqlite:"):
-        return os.path.abspath(os.path.expanduser(uri))
-    return uri
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

@@ -1,0 +1,234 @@
+"""`kdx search` end to end on real local Ray and real MLflow (SQLite file and an `mlflow server`)."""
+
+import glob
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from explorer.tracking import PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
+
+from procs import free_port, stop_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
+KDX = [str(Path(sys.executable).with_name("kdx"))]
+
+
+def write_spec(path: Path, **changes) -> Path:
+    spec = json.loads(json.dumps(TINY)) | changes
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def kdx(cwd: Path, *args, env=None, timeout=400) -> subprocess.CompletedProcess:
+    return subprocess.run([*KDX, *args], cwd=cwd, env=(os.environ | (env or {})), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def runs_of(uri: str, name: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def by_role(runs, role):
+    return [r for r in runs if r.data.tags.get(ROLE_TAG) == role]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """The quickstart shrunk (tests/specs/tiny.yaml): 2 teachers x 2 stop epochs, 8 Optuna trials, 2 baselines."""
+    cwd = tmp_path_factory.mktemp("search")
+    spec = write_spec(cwd / "tiny.yaml", search=TINY["search"] | {"asha": {"grace_period": 1, "reduction_factor": 3}})
+    proc = kdx(cwd, "search", str(spec), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return cwd, proc
+
+
+def test_every_trial_is_a_child_run_with_epoch_metrics(searched):
+    cwd, proc = searched
+    uri = f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}"
+    client, runs = runs_of(uri, "tiny")
+    parents = by_role(runs, "search")
+    trials = by_role(runs, "trial")
+    assert len(parents) == 1
+    assert len(trials) == 8 + 2  # searched + one CE baseline per seed
+    for r in trials:
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert r.info.status in ("FINISHED", "FAILED", "KILLED")
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == list(range(1, len(steps) + 1)) and steps
+        for p in ("student_params", "teacher_params", "capacity_ratio", "teacher", "temperature", "alpha"):
+            assert p in r.data.params
+        if r.data.tags[STATUS_TAG] == "completed":
+            assert len(steps) == 4
+    baselines = [r for r in trials if r.data.tags["kdx.kind"] == "baseline"]
+    assert sorted(r.data.params["seed"] for r in baselines) == ["0", "1"]
+    assert all(r.data.tags[STATUS_TAG] == "completed" for r in baselines)  # never pruned
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+    assert "spec.yaml" in artifacts
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["best"]["teacher"] in ("cnn1d_w8", "cnn1d_w16") and not summary["interrupted"]
+    assert "mlflow ui --backend-store-uri" in proc.stdout
+
+
+def test_each_teacher_built_once_and_pruned_trials_told_to_optuna(searched):
+    cwd, _ = searched
+    client, runs = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
+    teacher_keys = [r.data.tags[TEACHER_KEY_TAG] for r in by_role(runs, "teacher")]
+    assert len(teacher_keys) == 2 and len(set(teacher_keys)) == 2  # two archs, stop epochs share one run
+    used = {r.data.tags[TEACHER_KEY_TAG] for r in by_role(runs, "trial")} - {"none"}
+    assert used <= set(teacher_keys)
+    pruned = [r for r in by_role(runs, "trial") if r.data.tags[STATUS_TAG] == PRUNED]
+    assert pruned, "ASHA with grace 1 and reduction 3 over 8 trials should stop some"
+    for r in pruned:
+        assert len(client.get_metric_history(r.info.run_id, "val_acc")) < 4
+    # The searcher state Ray saved (our own file): Optuna holds PRUNED, not COMPLETE, for those trials.
+    (state_file,) = glob.glob(str(cwd / "kdx_runs" / "ray_results" / "tiny" / "searcher-state-*.pkl"))
+    with open(state_file, "rb") as f:
+        study = pickle.load(f)["_ot_study"]
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == 8 - len(pruned)
+
+
+def test_interrupted_search_resumes_without_rebuilding_or_duplicating(tmp_path):
+    spec = write_spec(tmp_path / "tiny.yaml", baseline=False,
+                      search=TINY["search"] | {"num_samples": 6, "asha": None}, student=TINY["student"] | {"epochs": 6})
+    proc = subprocess.Popen([*KDX, "search", str(spec)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # interrupt once two trials are done
+            if "] done 2," in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            stop_tree(proc)
+    assert proc.returncode == 3, out[-3000:]
+    assert "INTERRUPTED" in out
+    uri = f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}"
+    _, runs = runs_of(uri, "tiny")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    done_before = {r.data.tags[TRIAL_ID_TAG] for r in by_role(runs, "trial") if r.data.tags[STATUS_TAG] == "completed"}
+    teachers_before = len(by_role(runs, "teacher"))
+
+    resumed = kdx(tmp_path, "search", str(spec), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "reused" in resumed.stdout and "built" not in resumed.stdout.replace("reused", "")
+    client, runs = runs_of(uri, "tiny")
+    trials = by_role(runs, "trial")
+    ids = [r.data.tags[TRIAL_ID_TAG] for r in trials]
+    assert len(ids) == len(set(ids)) == 6  # the planned number, none twice
+    assert len(by_role(runs, "teacher")) == teachers_before  # no teacher rebuilt
+    assert len(by_role(runs, "search")) == 1  # the resumed search continues its parent run
+    assert all(r.data.tags[STATUS_TAG] == "completed" for r in trials)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for r in trials:  # finished trials were not rerun: one value per epoch
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == [1, 2, 3, 4, 5, 6], (r.info.run_name, steps)
+    assert done_before <= set(ids)
+
+
+def test_crashed_trial_retries_from_its_checkpoint(tmp_path):
+    marker = tmp_path / "crashed-once"
+    spec = write_spec(tmp_path / "tiny.yaml", baseline=False, search=TINY["search"] | {"num_samples": 2, "asha": None})
+    proc = kdx(tmp_path, "search", str(spec), "--json", env={"KDX_INJECT_FAULT": f"3:{marker}"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert marker.exists()  # the fault did fire
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == {"completed": 2}
+    restored = []
+    for result_file in glob.glob(str(tmp_path / "kdx_runs" / "ray_results" / "tiny" / "*" / "result.json")):
+        last = json.loads(Path(result_file).read_text().strip().splitlines()[-1])
+        assert last["epoch"] == 4 and last["training_iteration"] == 4
+        if last["iterations_since_restore"] < last["training_iteration"]:
+            restored.append(last)
+    # exactly one trial crashed at epoch 3; it came back from its epoch-2 checkpoint, not epoch 0
+    assert len(restored) == 1 and restored[0]["iterations_since_restore"] == 2
+    client, runs = runs_of(f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}", "tiny")
+    for r in by_role(runs, "trial"):
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2, 3, 4]
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    port = free_port()
+    # Ray keeps Unix sockets in its temp dir: pytest's tmp paths are too long for them (107 bytes).
+    temp_dir = tempfile.mkdtemp(prefix="kdx-ray-", dir="/tmp")
+    env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
+    head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                             f"--temp-dir={temp_dir}", *common], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        time.sleep(8)
+        worker = subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(8)
+        spec = write_spec(tmp_path / "tiny.yaml", baseline=False,
+                          search=TINY["search"] | {"num_samples": 4, "asha": None, "max_concurrent": 2},
+                          teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]})
+        proc = kdx(tmp_path, "search", str(spec), "--address", f"127.0.0.1:{port}", "--json", env=env, timeout=240)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        nodes = set()
+        for result_file in glob.glob(str(tmp_path / "kdx_runs" / "ray_results" / "tiny" / "*" / "result.json")):
+            nodes |= {json.loads(line)["node_id"] for line in Path(result_file).read_text().splitlines()}
+        assert len(nodes) == 2, nodes
+    finally:
+        for p in (worker, head):
+            if p is not None:
+                stop_tree(p)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_runs_reach_a_real_mlflow_server(tmp_path):
+    port = free_port()
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    server = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        spec = write_spec(tmp_path / "tiny.yaml", baseline=False, search=TINY["search"] | {"num_samples": 2},
+                          teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]})
+        proc = kdx(tmp_path, "search", str(spec), "--tracking-uri", uri)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        _, runs = runs_of(uri, "tiny")
+        assert len(by_role(runs, "trial")) == 2 and len(by_role(runs, "teacher")) == 1
+        assert not (tmp_path / "kdx_runs" / "mlflow.db").exists()  # nothing went to the local default
+    finally:
+        stop_tree(server)
+
+
+def test_unreachable_tracking_server_is_one_sentence_within_seconds(tmp_path):
+    spec = write_spec(tmp_path / "tiny.yaml")
+    start = time.monotonic()
+    proc = kdx(tmp_path, "search", str(spec), "--tracking-uri", f"http://127.0.0.1:{free_port()}")
+    assert proc.returncode == 2
+    assert time.monotonic() - start < 30
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "--tracking-uri" in err[0] and "no MLflow tracking server" in err[0]
+    assert not (tmp_path / "kdx_runs" / "ray_results").exists()  # no trial started

@@ -1,0 +1,378 @@
+"""`kdx search`: plan the teacher zoo, build what is missing, run the student search on Ray Tune.
+
+Two Tune experiments per search, both children of one MLflow parent run:
+- `<name>`: the searched KD trials, ASHA-scheduled, proposed by Optuna TPE (or random / grid);
+- `<name>__baseline`: the CE-only students, one per seed, never pruned and never shown to the
+  searcher (they answer "how much does KD gain", not "which config is best").
+`--resume` restores both from their experiment state: finished trials are not rerun, unfinished
+ones continue from their last checkpoint, and their MLflow runs are reopened, not duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from explorer.data import load_splits
+from explorer.errors import KdxError
+from explorer.spec import Axis, SearchSpec
+from explorer.tracking import (
+    COMPLETED, KIND_BASELINE, KIND_SEARCH, ROLE_SEARCH, ROLE_TAG, RUN_DIR, absolute_tracking_uri, default_tracking_uri,
+)
+
+from .callbacks import MlflowTrialLogger, ProgressLine, trial_status
+from .plan import Plan, make_plan, trial_label
+from .student import FAULT_ENV, train_student
+
+
+
+@dataclass
+class Locations:
+    run_dir: Path
+    storage: str  # Ray results (local path or URI)
+    store_root: str  # teacher store (local path or URI)
+    tracking_uri: str
+
+
+def locations(storage: str | None = None, tracking_uri: str | None = None) -> Locations:
+    """Where results, teachers and runs go: under ./kdx_runs unless told otherwise; all absolute."""
+    run_dir = Path.cwd() / RUN_DIR
+    if storage and "://" not in storage:
+        storage = str(Path(storage).resolve())
+    store_root = f"{storage.rstrip('/')}/teachers" if storage else str(run_dir / "teachers")
+    storage = storage or str(run_dir / "ray_results")
+    return Locations(run_dir, storage, store_root, absolute_tracking_uri(tracking_uri or default_tracking_uri()))
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds, in one sentence, when a tracking server cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise KdxError(f"--tracking-uri: got {uri!r}; no MLflow tracking server answered there within "
+                           f"{timeout_s:.0f} s ({reason}); start one (mlflow server --host 127.0.0.1 --port 5000) "
+                           "or leave the flag out to use the local SQLite store.") from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+# ------------------------------------------------------------------ search space
+
+
+def _tune_domain(axis: Axis):
+    from ray import tune
+
+    return {"choice": lambda v: tune.choice(v), "grid": lambda v: tune.grid_search(v),
+            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}[axis.kind](
+        getattr(axis, axis.kind))
+
+
+def _optuna_distribution(axis: Axis):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if axis.kind == "choice":
+        return CategoricalDistribution(axis.choice)
+    lo, hi = getattr(axis, axis.kind)
+    if all(float(x).is_integer() for x in (lo, hi)) and axis.kind == "uniform" and isinstance(lo, int):
+        return IntDistribution(int(lo), int(hi))
+    return FloatDistribution(lo, hi, log=axis.kind == "loguniform")
+
+
+def make_pruned_aware_optuna(**kwargs):
+    """OptunaSearch that tells Optuna about ASHA-stopped trials as PRUNED (../shared/DESIGN.md trap).
+
+    Ray reports a trial stopped by the scheduler as COMPLETE with its early-epoch value, so TPE would
+    learn from truncated scores. Here a trial that ended before `max_t` epochs is PRUNED (its
+    intermediate values stay in Optuna as reported), a diverged trial FAIL.
+    """
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PrunedAwareOptunaSearch(OptunaSearch):
+        def __init__(self, max_t: int, **kw):
+            super().__init__(**kw)
+            self.max_t = max_t
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if error or not result or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            state = None
+            if result.get("diverged"):
+                state = TrialState.FAIL
+            elif result.get("epoch", 0) < self.max_t:
+                state = TrialState.PRUNED
+            if state is None:
+                return super().on_trial_complete(trial_id, result, error)
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
+            self._completed_trials.add(trial_id)
+
+    return PrunedAwareOptunaSearch(**kwargs)
+
+
+def tune_setup(spec: SearchSpec, num_samples: int | None):
+    """(param_space, search_alg, num_samples) for the KD search."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from optuna.samplers import TPESampler
+
+    axes = spec.searched_axes()
+    s = spec.search
+    n = num_samples or s.num_samples
+    if s.algorithm == "optuna":
+        if not axes:
+            raise KdxError("distill: nothing is searched; allowed: make at least one of method, temperature, alpha, "
+                           "kd_stop_epoch a choice or a range, or give several teachers, stop epochs or seeds.")
+        searcher = make_pruned_aware_optuna(
+            max_t=spec.student.epochs, space={k: _optuna_distribution(a) for k, a in axes.items()},
+            metric=s.metric, mode=s.mode, sampler=TPESampler(seed=s.seed),
+            points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
+        )
+        return {}, searcher, n
+    space = {k: _tune_domain(a) for k, a in axes.items()}
+    if s.algorithm == "grid":
+        n = num_samples or 1
+    return space, BasicVariantGenerator(random_state=s.seed, points_to_evaluate=s.points_to_evaluate or None), n
+
+
+# ------------------------------------------------------------------ mlflow parent run
+
+
+def parent_run(client: MlflowClient, spec: SearchSpec, spec_text: str, plan: Plan, exp_path: str,
+               resume: bool, loc: Locations) -> tuple[str, str]:
+    """(experiment id, parent run id); a resumed search reopens the parent it started with."""
+    exp = client.get_experiment_by_name(spec.name)
+    # With a SQLite store, artifacts go beside it (MLflow's default is ./mlruns of whoever creates the experiment).
+    artifacts = (loc.run_dir / "artifacts").as_uri() if loc.tracking_uri.startswith("sqlite:") else None
+    exp_id = exp.experiment_id if exp else client.create_experiment(spec.name, artifact_location=artifacts)
+    if resume:
+        runs = client.search_runs([exp_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}' and "
+                                  f"tags.`kdx.ray_experiment` = '{exp_path}'", order_by=["start_time DESC"],
+                                  max_results=1)
+        if runs:
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+            return exp_id, runs[0].info.run_id
+    run = client.create_run(exp_id, run_name=f"search {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                            tags={ROLE_TAG: ROLE_SEARCH, "kdx.ray_experiment": exp_path, "kdx.spec_name": spec.name})
+    rid = run.info.run_id
+    params = {"dataset": plan.dataset, "student": plan.student, "student_params": plan.student_params,
+              "teachers": ",".join(spec.teachers.archs), "teacher_stop_epochs": ",".join(map(str, spec.teachers.stops())),
+              "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
+              "searched": ",".join(spec.searched_axes()) or "none", "seeds": ",".join(map(str, spec.seeds)),
+              "baseline": spec.baseline, "n_teachers": len(plan.recipes)}
+    from mlflow.entities import Param
+
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_text(rid, spec_text, "spec.yaml")
+    client.log_dict(rid, {"teacher_keys": plan.teacher_keys, "fixed": plan.fixed}, "plan.json")
+    return exp_id, rid
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _tuner(trainable, experiment: str, storage: str, resume: bool, build):
+    from ray import tune
+
+    path = f"{storage.rstrip('/')}/{experiment}"
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    return build()
+
+
+def _fit(kind: str, spec: SearchSpec, plan: Plan, splits_ref, loc: Locations, exp_id: str, parent_id: str,
+         resume: bool, max_concurrent: int | None, num_samples: int | None, out):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    res = spec.resources
+    trainable = tune.with_resources(
+        tune.with_parameters(train_student, plan=plan, splits=splits_ref, kind=kind),
+        {"cpu": res.trial.cpus, "gpu": res.trial.gpus},
+    )
+    experiment = spec.name if kind == KIND_SEARCH else f"{spec.name}__{kind}"
+    s = spec.search
+    logger = MlflowTrialLogger(loc.tracking_uri, exp_id, parent_id, plan, kind)
+
+    def build():
+        if kind == KIND_BASELINE:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            space, searcher, n, scheduler = {"seed": tune.grid_search(spec.seeds)}, BasicVariantGenerator(), 1, None
+        else:
+            space, searcher, n = tune_setup(spec, num_samples)
+            scheduler = None
+            if s.asha:
+                scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
+                                          max_t=spec.student.epochs, grace_period=s.asha.grace_period,
+                                          reduction_factor=s.asha.reduction_factor)
+        return tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n,
+                                        max_concurrent_trials=max_concurrent or s.max_concurrent),
+            run_config=tune.RunConfig(
+                name=experiment, storage_path=loc.storage, verbose=0,
+                callbacks=[logger, ProgressLine(plan, s.metric, s.mode, kind, out=out)],
+                failure_config=tune.FailureConfig(max_failures=res.retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+
+    tuner = _tuner(trainable, experiment, loc.storage, resume, build)
+    try:
+        tuner.fit()
+    finally:
+        logger.close_open_runs()
+
+
+@dataclass
+class Outcome:
+    best: dict | None
+    trials: dict[str, int]
+    interrupted: bool
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+
+
+def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
+    from explorer.store import TeacherStore
+
+    store = TeacherStore(plan.store_root)
+    out(f"search {spec.name!r}: {plan.dataset}, student {plan.student} ({plan.student_params:,} params), "
+        f"{spec.student.epochs} epochs")
+    for key, recipe in plan.recipes.items():
+        rec = store.get(key)
+        have = set(rec.checkpoints) if rec else set()
+        state = "reuse" if rec and set(plan.stops[key]) <= have else ("extend" if rec else "build")
+        out(f"  teacher {recipe.label():<28} key {key}  stop epochs {sorted(plan.stops[key])}  -> {state}")
+    axes = spec.searched_axes()
+    n = spec.search.num_samples if spec.search.algorithm != "grid" else "grid"
+    out(f"  searched: {', '.join(f'{k} {a.kind} {a.values()}' for k, a in axes.items()) or 'nothing'}")
+    out(f"  trials: {n} ({spec.search.algorithm}"
+        f"{', ASHA' if spec.search.asha else ''}) + {len(spec.seeds) if spec.baseline else 0} CE baselines; "
+        f"resources per trial {spec.resources.trial.cpus} CPU {spec.resources.trial.gpus} GPU, "
+        f"per teacher {spec.resources.teacher.cpus} CPU {spec.resources.teacher.gpus} GPU")
+    out(f"  results {loc.storage}\n  teachers {plan.store_root}\n  tracking {loc.tracking_uri}")
+
+
+def run_search(spec: SearchSpec, spec_text: str, *, address: str | None = None, storage: str | None = None,
+               tracking_uri: str | None = None, resume: bool = False, max_concurrent: int | None = None,
+               num_samples: int | None = None, dry_run: bool = False, out=print) -> Outcome | None:
+    import ray
+
+    from .zoo import build_zoo
+
+    # Ray warns on every checkpoint of a fast trial; kdx checkpoints every epoch on purpose.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    loc = locations(storage, tracking_uri)
+    plan = make_plan(spec, loc.store_root)
+    describe_plan(spec, plan, loc, out)
+    if dry_run:
+        return None
+    check_tracking(loc.tracking_uri)
+    splits = load_splits(spec.data_spec())  # before Ray: a missing dataset fails fast, in one sentence
+    env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env} if env else None)
+    client = MlflowClient(tracking_uri=loc.tracking_uri)
+    exp_path = f"{loc.storage.rstrip('/')}/{spec.name}"
+    exp_id, parent_id = parent_run(client, spec, spec_text, plan, exp_path, resume, loc)
+    status = "FAILED"
+    try:
+        zoo = build_zoo([(plan.recipes[k], plan.stops[k]) for k in plan.recipes], plan.store_root,
+                        cpus_per_teacher=spec.resources.teacher.cpus, gpus_per_teacher=spec.resources.teacher.gpus,
+                        retries=spec.resources.retries, tracking_uri=loc.tracking_uri, experiment=spec.name)
+        for r in zoo:
+            out(f"  teacher {r.label:<28} {r.key}  {r.status}" + (f": {r.error}" if r.error else ""))
+        failed = [r for r in zoo if r.status == "failed"]
+        if failed:
+            raise KdxError(f"teachers: {len(failed)} teacher build(s) failed ({failed[0].label}: {failed[0].error}); "
+                           "fix the cause and run again with --resume.")
+        splits_ref = ray.put(splits)
+        kinds = ([KIND_BASELINE] if spec.baseline else []) + [KIND_SEARCH]
+        for kind in kinds:
+            _fit(kind, spec, plan, splits_ref, loc, exp_id, parent_id, resume, max_concurrent, num_samples, out)
+            if summarize(spec, plan, loc.storage, [kind], num_samples, exp_id, parent_id, loc).interrupted:
+                break  # Ctrl-C during the baselines: do not start the search
+        outcome = summarize(spec, plan, loc.storage, kinds, num_samples, exp_id, parent_id, loc)
+        status = "KILLED" if outcome.interrupted else "FINISHED"
+        report_outcome(spec, outcome, loc, out)
+        return outcome
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent_id, status)
+        if started_ray:
+            ray.shutdown()
+
+
+def expected_trials(spec: SearchSpec, kind: str, num_samples: int | None) -> int:
+    if kind == KIND_BASELINE:
+        return len(spec.seeds)
+    if spec.search.algorithm != "grid":
+        return num_samples or spec.search.num_samples
+    n = num_samples or 1
+    for axis in spec.searched_axes().values():
+        n *= len(axis.values())
+    return n
+
+
+def summarize(spec, plan, storage: str, kinds: list[str], num_samples, exp_id, parent_id, loc) -> Outcome:
+    """Counts and the best completed KD trial, read from the experiment state Ray saved.
+
+    The saved state, not the in-memory trials: after a Ctrl-C Ray marks live trials TERMINATED in
+    memory but saves them as RUNNING, which is what `--resume` continues.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    counts: dict[str, int] = {}
+    best, interrupted = None, False
+    sign = 1 if spec.search.mode == "max" else -1
+    for kind in kinds:
+        name = spec.name if kind == KIND_SEARCH else f"{spec.name}__{kind}"
+        trials = ExperimentAnalysis(f"{storage.rstrip('/')}/{name}").trials
+        missing = expected_trials(spec, kind, num_samples) - len(trials)
+        if missing > 0:
+            counts["not started"] = counts.get("not started", 0) + missing
+            interrupted = True
+        for trial in trials:
+            if trial.status in ("PENDING", "RUNNING", "PAUSED"):
+                interrupted = True
+                st = "unfinished"
+            else:
+                st = "failed" if trial.status == "ERROR" else trial_status(trial, plan.epochs)
+            counts[st] = counts.get(st, 0) + 1
+            v = (trial.last_result or {}).get(spec.search.metric)
+            if kind == KIND_SEARCH and st == COMPLETED and v is not None and (best is None or sign * v > sign * best[1]):
+                best = (trial, v)
+    best_info = None
+    if best:
+        settings = plan.settings(best[0].config, KIND_SEARCH)
+        last = best[0].last_result
+        best_info = {"label": trial_label(settings), spec.search.metric: best[1], "test_acc": last.get("test_acc"),
+                     **{k: settings[k] for k in ("teacher", "teacher_stop_epoch", "method", "temperature", "alpha",
+                                                 "kd_stop_epoch", "seed")}}
+    return Outcome(best_info, counts, interrupted, exp_id, parent_id, loc.tracking_uri)
+
+
+def report_outcome(spec, outcome: Outcome, loc: Locations, out) -> None:
+    out(f"search {spec.name!r} {'INTERRUPTED (continue with --resume)' if outcome.interrupted else 'finished'}: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(outcome.trials.items())))
+    if outcome.best:
+        b = outcome.best
+        out(f"best config by {spec.search.metric}: {b['label']}  {spec.search.metric} {b[spec.search.metric]:.4f}  "
+            f"(test_acc {b['test_acc']:.4f}, reported, not used to choose)")
+    out(f"results: {loc.storage}/{spec.name}\nteachers: {loc.store_root}")
+    out(f"open the runs: mlflow ui --backend-store-uri {loc.tracking_uri}")
