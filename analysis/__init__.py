@@ -1,1 +1,35 @@
-"""From MLflow runs to answers: DataFrames, sweet-spot computations, reports and plots."""
+"""From MLflow runs to answers: DataFrames, sweet-spot computations, reports and plots.
+
+- `analysis.runs`: MLflow -> pandas (`load_trials`, `load_histories`, `find_parent_run`,
+  `default_tracking_uri`);
+- `analysis.sweetspot`: one pure function per question on the trials frame;
+- `analysis.report`: Markdown/HTML/CSV/PNG report and `attach_to_parent`;
+- `analysis.commands`: the `kdx analyze` command.
+
+The names below are imported on first use, so `import analysis` (which the `kdx` CLI does for
+every command) stays cheap.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "default_tracking_uri": "runs", "find_parent_run": "runs", "load_histories": "runs", "load_trials": "runs",
+    "Answer": "sweetspot", "capacity_curve": "sweetspot", "diagnostics": "sweetspot", "kd_gain": "sweetspot",
+    "param_importance": "sweetspot", "status_counts": "sweetspot", "stop_epoch_table": "sweetspot",
+    "summary": "sweetspot", "sweet_spot": "sweetspot", "temperature_alpha_map": "sweetspot",
+    "attach_to_parent": "report", "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
