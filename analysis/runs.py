@@ -46,7 +46,7 @@ from explorer.tracking import (
 )
 
 # Params that stay strings; every other TRIAL_PARAMS entry is numeric.
-STRING_PARAMS = ("dataset", "student", "teacher", "method")
+STRING_PARAMS = ("dataset", "student", "teacher", "method", "teacher_kind", "teacher_chain")
 NUMERIC_PARAMS = tuple(p for p in TRIAL_PARAMS if p not in STRING_PARAMS)
 
 ID_COLUMNS = ("run_id", "run_name", "trial_id", "status", "kind", "teacher_key", "parent_run_id",

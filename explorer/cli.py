@@ -171,11 +171,21 @@ def recipe_from_args(args, prefix: str, arch: str, seed: int, method: str = "ce"
 def _train_args(p):
     add_data_arguments(p)
     p.add_argument("--student", required=True, help="student architecture (see `kdx models`)")
-    p.add_argument("--teacher", default=None, help="teacher architecture; trained first (or reused)")
+    p.add_argument("--teacher", default=None,
+                   help="teacher: an architecture, 'a<b' (a distilled from b; takd), 'a^g' (born-again generation "
+                        "g), 'a:sN' (seed N), 'a+b' or 'a,b' (an ensemble; mkd); trained first (or reused)")
     p.add_argument("--method", default=None, help="distillation method (default: kd with a teacher, else ce)")
     p.add_argument("--temperature", type=float, default=None, help="KD temperature T > 0 (default 4)")
     p.add_argument("--alpha", type=float, default=None, help="KD weight alpha in [0, 1] (default 0.9)")
     p.add_argument("--kd-stop-epoch", type=int, default=None, help="switch the KD term off from this epoch")
+    p.add_argument("--teacher-temperature", type=float, default=None,
+                   help="kd/ckm: the teacher's own temperature (default: T for kd, 0.7 for ckm)")
+    p.add_argument("--epsilon", type=float, default=None, help="ls: label-smoothing factor (default 0.1)")
+    p.add_argument("--delta", type=float, default=None, help="tf_kd_reg: virtual teacher's true-class probability")
+    p.add_argument("--confidence", type=float, default=None, help="ckm: replacement target confidence (0.99)")
+    p.add_argument("--cohort", type=int, default=None, help="dml: number of students trained together (2)")
+    p.add_argument("--chain-method", default="kd",
+                   help="how links of a teacher chain ('a<b', 'a^g') are distilled (default kd at its defaults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--baseline", action="store_true", help="also train the CE-only student (same seed)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -198,54 +208,111 @@ def _progress(label: str):
 
 
 def obtain_teacher(args, spec, splits, device):
-    """The teacher for `kdx train`, from the teacher store: reused when it is there, else built (or
-    extended to `--teacher-stop-epoch`) once and kept. Returns (model, metrics at the stop epoch)."""
+    """The teacher(s) for `kdx train`, from the teacher store: reused when there, else built (or
+    extended to `--teacher-stop-epoch`) once and kept. `--teacher` takes the spec's teacher syntax:
+    'a', 'a<b' (a distilled from b: a TAKD assistant), 'a^g' (born-again generation g), 'a:sN'
+    (seed N), members joined by '+' or ',' (an ensemble). Links below the teacher used are distilled
+    with `--chain-method` at its defaults and used at their final epoch.
+    Returns (model or list of models, metrics at the stop epoch, teacher kind)."""
     from types import SimpleNamespace
 
+    from .methods import get_method
+    from .spec import parse_teacher, teacher_kind
     from .store import TeacherRecipe, TeacherStore, default_store_root
     from .train import default_device
 
-    cfg = recipe_from_args(args, "teacher_", args.teacher, args.seed)
-    recipe = TeacherRecipe(spec, cfg)
-    stop = cfg.epochs if args.teacher_stop_epoch is None else args.teacher_stop_epoch
-    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= cfg.epochs:
-        raise bad_value("--teacher-stop-epoch", stop, f"allowed: a whole number from 1 to {cfg.epochs} "
+    members = parse_teacher(args.teacher.replace(",", "+"), args.seed, field="--teacher")
+    epochs = recipe_from_args(args, "teacher_", members[0][0][0], args.seed).epochs
+    stop = epochs if args.teacher_stop_epoch is None else args.teacher_stop_epoch
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= epochs:
+        raise bad_value("--teacher-stop-epoch", stop, f"allowed: a whole number from 1 to {epochs} "
                         f"(--teacher-epochs)")
+    chain_method = get_method(args.chain_method)
+    if not chain_method.needs_teacher or "plain" not in chain_method.teacher_kinds:
+        raise bad_value("--chain-method", args.chain_method, "allowed: a method that distils from one teacher "
+                        "(kd, ckm, wsl)")
     store = TeacherStore(args.store or default_store_root())
-    show = _progress(f"teacher {args.teacher}")
-    trainer_view = SimpleNamespace(cfg=cfg)  # what _progress reads from a trainer
-    record, built = store.ensure(recipe, [stop], device=device, splits=splits,
-                                 on_epoch=lambda e, m: show(e, m, trainer_view))
-    model, info = store.load_model(record.key, stop, device=device or default_device())
-    how = "built and kept" if built else "reused"
-    print(f"teacher {record.label} [{record.key}] epoch {stop}: {how} in {store.root}", flush=True)
-    return model, {"val_acc": info["val_acc"], "test_acc": info["test_acc"], "epoch": stop, "key": record.key}
+    models, infos = [], []
+    for chain in members:
+        parent = None
+        for depth, (arch, seed) in enumerate(reversed(chain)):
+            kw = {"method": args.chain_method} if depth else {}
+            cfg = recipe_from_args(args, "teacher_", arch, seed, **kw)
+            recipe = TeacherRecipe(spec, cfg, parent_key=parent)
+            head = depth == len(chain) - 1
+            want = stop if head else cfg.epochs
+            show = _progress(f"teacher {arch}" + (f" <{parent[:8]}" if parent else ""))
+            trainer_view = SimpleNamespace(cfg=cfg)  # what _progress reads from a trainer
+            record, built = store.ensure(recipe, [want], device=device, splits=splits,
+                                         on_epoch=lambda e, m, show=show, v=trainer_view: show(e, m, v))
+            how = "built and kept" if built else "reused"
+            print(f"teacher {record.label} [{record.key}] epoch {want}: {how} in {store.root}", flush=True)
+            parent = record.key
+        model, info = store.load_model(parent, stop, device=device or default_device())
+        models.append(model)
+        infos.append(info)
+    kind = teacher_kind(members)
+    if len(models) == 1:
+        info = infos[0]
+        return models[0], {"val_acc": info["val_acc"], "test_acc": info["test_acc"], "epoch": stop,
+                           "key": info["key"]}, kind
+    return models, {"val_acc": None, "test_acc": None, "epoch": stop,
+                    "key": ",".join(i["key"] for i in infos)}, kind
+
+
+HPARAM_FLAGS = ("temperature", "alpha", "kd_stop_epoch", "teacher_temperature", "epsilon", "delta", "confidence",
+                "cohort")
 
 
 @command("train", "train one student (and its teacher, if named)", _train_args)
 def cmd_train(args):
     from .data import load_splits
-    from .train import Trainer
+    from .methods import get_method
+    from .train import Trainer, evaluate
 
     method = args.method or ("kd" if args.teacher else "ce")
-    params = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
-                                ("kd_stop_epoch", args.kd_stop_epoch)) if v is not None}
-    student_cfg = recipe_from_args(args, "", args.student, args.seed, method, params)
-    from .methods import get_method
-
-    if get_method(method).needs_teacher and not args.teacher:
+    m = get_method(method)
+    given = {k: getattr(args, k) for k in HPARAM_FLAGS if getattr(args, k) is not None}
+    known = {h.name for h in m.hparams}
+    unused = sorted(set(given) - known)
+    if unused:
+        raise bad_value(f"--{unused[0].replace('_', '-')}", given[unused[0]],
+                        f"method {method!r} takes: {', '.join(sorted(known)) or 'no hyperparameters'}")
+    student_cfg = recipe_from_args(args, "", args.student, args.seed, method, given)
+    if m.needs_teacher and not args.teacher and m.same_arch_teacher:
+        args.teacher = args.student  # tf_kd_self: the student's own architecture, trained with CE first
+    if m.needs_teacher and not args.teacher:
         raise bad_value("--teacher", None, f"method {method!r} needs a teacher; name one with --teacher")
+    if args.teacher and m.needs_teacher:
+        from .spec import parse_teacher, teacher_kind
+
+        members = parse_teacher(args.teacher.replace(",", "+"), args.seed, field="--teacher")
+        problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == args.student)
+        if problem:
+            raise bad_value("--teacher", args.teacher, problem)
+        for chain in members:
+            for arch, seed in chain:
+                recipe_from_args(args, "teacher_", arch, seed).validate()
+    elif args.teacher:
+        raise bad_value("--teacher", args.teacher, f"method {method!r} takes no teacher")
     student_cfg.validate()  # all checks before any compute
     spec = data_spec_from_args(args)
     splits = load_splits(spec)
     result = {"dataset": args.dataset, "student": args.student, "method": method, "seed": args.seed}
     teacher = None
     if args.teacher:
-        recipe_from_args(args, "teacher_", args.teacher, args.seed).validate()
-        teacher, t_final = obtain_teacher(args, spec, splits, args.device)
-        result |= {"teacher": args.teacher, "teacher_val_acc": t_final["val_acc"],
-                   "teacher_test_acc": t_final["test_acc"]}
+        teacher, t_final, kind = obtain_teacher(args, spec, splits, args.device)
+        result |= {"teacher": args.teacher, "teacher_kind": kind, "teacher_key": t_final["key"]}
+        if t_final["val_acc"] is None:  # an ensemble: evaluate it as one
+            from .train import TeacherEnsemble
+
+            ens = TeacherEnsemble(teacher)
+            s = splits
+            t_final["val_acc"] = evaluate(ens, s.val_x, s.val_y)[0]
+            t_final["test_acc"] = evaluate(ens, s.test_x, s.test_y)[0]
+        result |= {"teacher_val_acc": t_final["val_acc"], "teacher_test_acc": t_final["test_acc"]}
     trainer = Trainer(student_cfg, splits, args.device, teacher=teacher)
+    result |= {"method_params": trainer.hp}
     trainer.run(_progress(f"student {args.student} {method}"))
     result |= trainer.history[-1]
     if args.baseline:
@@ -262,6 +329,34 @@ def cmd_train(args):
     print("\n".join(summary), flush=True)
     if args.json:
         print_json(result)
+
+
+def _methods_args(p):
+    p.add_argument("--json", action="store_true", help="one JSON object: every method with its hyperparameters")
+
+
+@command("methods", "list distillation methods with their hyperparameters, defaults and sources", _methods_args)
+def cmd_methods(args):
+    from .methods import METHODS
+
+    rows = []
+    for m in METHODS.values():
+        rows.append({
+            "name": m.name, "description": m.description, "source": m.source,
+            "needs_teacher": m.needs_teacher, "teacher_kinds": list(m.teacher_kinds),
+            "same_arch_teacher": m.same_arch_teacher,
+            "hparams": [{"name": h.name, "default": h.default, "range": h.range_text(), "integer": h.integer,
+                         "optional": h.optional, "help": h.help} for h in m.hparams],
+        })
+    if args.json:
+        print_json({"methods": rows})
+        return
+    for r in rows:
+        teacher = ("teacher: " + "/".join(r["teacher_kinds"])) if r["needs_teacher"] else "no teacher"
+        print(f"{r['name']:<11} {r['description']}  [{teacher}]")
+        for h in r["hparams"]:
+            print(f"    {h['name']:<20} default {h['default']!s:<6} {h['range']:<32} {h['help']}")
+        print(f"    source: {r['source']}")
 
 
 # ------------------------------------------------------------------ entry point

@@ -21,11 +21,55 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data import DataCondition, DataSpec, dataset_names
 from .errors import KdxError
-from .methods import METHODS, get_method
+from .methods import METHODS, Method, get_method
 from .models import is_known_model
 from .train import SCHEDULES, TrainConfig
 
-AXES = ("method", "temperature", "alpha", "kd_stop_epoch")
+AXES = ("method", "temperature", "alpha", "kd_stop_epoch", "teacher_temperature", "epsilon", "delta", "confidence",
+        "cohort")
+
+TEACHER_SYNTAX = ("allowed: an architecture from `kdx models`, 'a<b' (a distilled from b; chains like 'a<b<c'), "
+                  "'a^g' (born-again generation g of a), 'a:sN' (teacher seed N), or such members joined by '+' "
+                  "(an ensemble)")
+
+
+def parse_teacher(text: str, seed: int, field: str = "teachers.archs") -> list[list[tuple[str, int]]]:
+    """Parse one teacher entry into its members; each member is a chain of (arch, seed) links, the
+    teacher that is used first, its own teacher next, down to the CE-trained root.
+
+    'a' -> [[(a, seed)]]; 'a<b' -> [[(a, seed), (b, seed)]]; 'a^2' -> [[(a, seed+2), (a, seed+1),
+    (a, seed)]] (generation k has seed + k, so generations start from different weights, as
+    born-again networks do); 'a:s3' -> seed 3; 'x+y' -> two members (an ensemble)."""
+    if not isinstance(text, str) or not text.strip():
+        raise KdxError(f"{field}: got {text!r}; {TEACHER_SYNTAX}.")
+    members = []
+    for member in text.replace(" ", "").split("+"):
+        chain: list[tuple[str, int]] = []
+        for link in member.split("<"):
+            gens, arch, link_seed = 0, link, seed
+            if "^" in arch:
+                arch, _, g = arch.partition("^")
+                if not g.isdigit():
+                    raise KdxError(f"{field}: got {text!r}; the generation after '^' must be a whole number; {TEACHER_SYNTAX}.")
+                gens = int(g)
+            if ":" in arch:
+                arch, _, sd = arch.partition(":")
+                if not (sd.startswith("s") and sd[1:].isdigit()):
+                    raise KdxError(f"{field}: got {text!r}; a seed is written ':s<N>', e.g. 'cnn1d_w16:s1'; {TEACHER_SYNTAX}.")
+                link_seed = int(sd[1:])
+            if not is_known_model(arch):
+                raise KdxError(f"{field}: got {text!r}; {arch!r} is not an architecture; {TEACHER_SYNTAX}.")
+            chain += [(arch, link_seed + k) for k in range(gens, -1, -1)]
+        members.append(chain)
+    return members
+
+
+def teacher_kind(members: list[list[tuple[str, int]]]) -> str:
+    """'ensemble' (several members), 'distilled' (a chain) or 'plain'."""
+    if len(members) > 1:
+        return "ensemble"
+    return "distilled" if len(members[0]) > 1 else "plain"
+
 
 
 class Strict(BaseModel):
@@ -156,21 +200,49 @@ class StudentSection(Recipe):
 
 
 class TeachersSection(Strict):
-    archs: list[str] = Field(min_length=1)
+    archs: list[str] = Field(min_length=1)  # teacher entries, see TEACHER_SYNTAX
     stop_epochs: list[int] | None = None  # default: the recipe's final epoch only
     early_stop_schedule: bool = False  # True: each stop epoch n is its own n-epoch run (seed 004 section 5.5)
     seed: int = 0
     recipe: Recipe = Recipe()
+    # How the links of a chain ('a<b', 'a^g') are distilled: a method and its hyperparameters.
+    distill: dict = {"method": "kd"}
+    generations: int = Field(0, ge=0, le=20)  # adds 'a^1' .. 'a^g' for every plain architecture entry
 
     @field_validator("archs")
     @classmethod
     def _archs(cls, v):
         for a in v:
-            if not is_known_model(a):
-                raise ValueError(f"{a!r} is not an architecture; allowed: names from `kdx models`")
+            try:
+                parse_teacher(a, 0)
+            except KdxError as e:
+                raise ValueError(str(e).split("; ", 1)[1].rstrip(".")) from None
         if len(set(v)) != len(v):
             raise ValueError("contains duplicates")
         return v
+
+    def entries(self) -> list[str]:
+        """The teacher axis: `archs` plus the born-again generations asked for."""
+        out = list(self.archs)
+        for a in self.archs:
+            if is_known_model(a):
+                out += [f"{a}^{g}" for g in range(1, self.generations + 1) if f"{a}^{g}" not in out]
+        return out
+
+    def distill_method(self) -> tuple[str, dict]:
+        """(method, resolved hyperparameters) for distilled links; KdxError naming teachers.distill."""
+        d = dict(self.distill)
+        name = d.pop("method", "kd")
+        try:
+            m = get_method(name)
+            hp = m.resolve(d)
+        except KdxError as e:
+            raise KdxError(f"teachers.distill.{e}") from None
+        if not m.needs_teacher or not ({"plain", "distilled"} & set(m.teacher_kinds)) \
+                or type(m).build_student is not Method.build_student:
+            raise KdxError(f"teachers.distill.method: got {name!r}; allowed: a method that distils one plain model "
+                           "from one teacher (kd, ckm, wsl).")
+        return name, {k: v for k, v in hp.items()}
 
     @model_validator(mode="after")
     def _stops(self):
@@ -194,10 +266,16 @@ class TeachersSection(Strict):
 class DistillSection(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
+    # A value of null (the default) means the method's own default (see `kdx methods`).
     method: Any = "kd"
-    temperature: Any = 4.0
-    alpha: Any = 0.9
+    temperature: Any = None
+    alpha: Any = None
     kd_stop_epoch: Any = None
+    teacher_temperature: Any = None
+    epsilon: Any = None
+    delta: Any = None
+    confidence: Any = None
+    cohort: Any = None
 
     @field_validator(*AXES, mode="after")
     @classmethod
@@ -279,10 +357,25 @@ class SearchSpec(Strict):
             for hp in m.hparams:
                 axis = axes.get(hp.name)
                 for v in (axis.values() if axis else []):
+                    if v is None:
+                        continue  # the method's default
                     try:
                         m.resolve({hp.name: v})
                     except KdxError as e:
                         raise KdxError(f"distill.{e}") from None
+        self.teachers.distill_method()
+        entries = self.teachers.entries()
+        for method in axes["method"].values():
+            m = get_method(method)
+            if not m.needs_teacher:
+                continue
+            for entry in entries:
+                members = parse_teacher(entry, self.teachers.seed)
+                same = all(arch == self.student.arch for arch, _ in members[0][:1])
+                problem = m.teacher_problem(teacher_kind(members), same_arch=same)
+                if problem:
+                    raise KdxError(f"distill.method: got {method!r} with teacher {entry!r}; {problem} "
+                                   "(give such methods their own spec, or teachers that fit every method).")
         for v in axes["kd_stop_epoch"].values():
             if v is not None and v > self.student.epochs:
                 raise KdxError(f"distill.kd_stop_epoch: got {v}; allowed: 1..student.epochs ({self.student.epochs}) or null.")
@@ -310,9 +403,30 @@ class SearchSpec(Strict):
                 out.append((arch, stop, cfg))
         return out
 
+    def teacher_links(self, entry: str, stop: int) -> list[list[tuple[str, TrainConfig]]]:
+        """The members of teacher entry `entry` used at `stop`: each a chain of (arch, TrainConfig)
+        from the CE-trained root to the teacher used (the head). The head follows the stop-epoch
+        recipe (an early-stop schedule when asked); links below the head are full recipe runs used
+        at their final epoch, distilled with `teachers.distill`."""
+        t = self.teachers
+        method, params = t.distill_method()
+        out = []
+        for chain in parse_teacher(entry, t.seed):
+            links = []
+            for depth, (arch, seed) in enumerate(reversed(chain)):
+                head = depth == len(chain) - 1
+                kw = {"method": method, "method_params": params} if depth > 0 else {}
+                if head and t.early_stop_schedule:
+                    cfg = t.recipe.train_config(arch, seed, epochs=stop, schedule="early_stop", milestones=(), **kw)
+                else:
+                    cfg = t.recipe.train_config(arch, seed, **kw)
+                links.append((arch, cfg))
+            out.append(links)
+        return out
+
     def searched_axes(self) -> dict[str, Axis]:
         """Every axis that varies: distill axes that are not fixed, plus teacher/stop/seed lists."""
-        lists = {"teacher": self.teachers.archs, "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
+        lists = {"teacher": self.teachers.entries(), "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
         kind = "grid" if self.search.algorithm == "grid" else "choice"
         out = {k: a for k, a in self.distill.axes().items() if a.kind != "fixed"}
         out |= {k: Axis(**{kind: v}) for k, v in lists.items() if len(v) > 1}
@@ -322,7 +436,7 @@ class SearchSpec(Strict):
         """The values that do not vary across trials."""
         searched = self.searched_axes()
         fixed = {k: a.fixed for k, a in self.distill.axes().items() if k not in searched}
-        lists = {"teacher": self.teachers.archs, "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
+        lists = {"teacher": self.teachers.entries(), "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
         fixed |= {k: v[0] for k, v in lists.items() if k not in searched}
         return fixed
 

@@ -91,6 +91,7 @@ from torch import nn
 from .data import DATASETS, DataSpec, Splits, load_splits
 from .errors import KdxError, bad_value
 from .models import build_model, count_params, is_known_model
+from .methods import Method, get_method
 from .train import TrainConfig, Trainer
 
 log = logging.getLogger("kdx.store")
@@ -173,10 +174,19 @@ class TeacherRecipe:
         if not isinstance(self.train, TrainConfig):
             raise bad_value("train", self.train, "allowed: a TrainConfig")
         self.data.validate()
-        if self.train.method != "ce":
-            raise bad_value("method", self.train.method, "allowed for teachers: ce")
         if self.parent_key is not None and not (isinstance(self.parent_key, str) and _KEY_RE.match(self.parent_key)):
             raise bad_value("parent_key", self.parent_key, "allowed: a teacher key (16 hex digits) or none")
+        method = get_method(self.train.method)
+        if self.parent_key is None and method.needs_teacher:
+            raise bad_value("method", self.train.method, "allowed for teachers: ce (or ls, tf_kd_reg), or a "
+                            "distilling method such as kd together with parent_key (a distilled teacher)")
+        if self.parent_key is not None and (not method.needs_teacher or "distilled" not in method.teacher_kinds
+                                            and "plain" not in method.teacher_kinds):
+            raise bad_value("method", self.train.method, "allowed for a distilled teacher (with parent_key): "
+                            "a method that distils from one teacher (kd, ckm, wsl, ...)")
+        if type(method).build_student is not Method.build_student:
+            raise bad_value("method", self.train.method, "allowed for teachers: methods that train one plain model "
+                            "(not dml or one)")
         if not is_known_model(self.train.arch):
             build_model(self.train.arch, 10, (1, 40))  # raises the models module's one-sentence error
         self.train.validate()
@@ -222,6 +232,8 @@ def recipe_label(canonical: dict) -> str:
     """Short human label from a canonical recipe, e.g. 'cnn1d_w16 e30 s0'."""
     t = canonical["train"]
     extra = " es" if t.get("schedule") == "early_stop" else ""
+    if canonical.get("parent_key"):
+        extra += f" {t['method']}<{canonical['parent_key'][:8]}"
     return f"{t['arch']} e{t['epochs']} s{t['seed']}{extra}"
 
 
@@ -809,6 +821,9 @@ class TeacherStore:
         rec = self.complete(recipe, wanted)
         if rec is not None:
             return rec, False
+        if recipe.parent_key is not None and self.get(recipe.parent_key) is None:
+            raise KdxError(f"parent_key: got {recipe.parent_key!r}; the parent teacher is not in the store "
+                           f"{self.root}; build the parent first (kdx search builds chains in order).")
         with self.lock(key):
             m = self._read_manifest(key)  # another process may have built it meanwhile
             good = self._good_epochs(key, m)
@@ -821,6 +836,20 @@ class TeacherStore:
             if m is None:  # pragma: no cover - we just wrote it
                 raise KdxError(f"teacher {key}: the manifest could not be read back from {self.root}.")
             return TeacherRecord.from_manifest(m), True
+
+    def parent_model(self, recipe: TeacherRecipe) -> nn.Module | None:
+        """The teacher a distilled teacher learns from: its parent, from this store, at the parent's
+        final epoch, checksum-verified (KdxError when the parent is missing: build the chain in order)."""
+        if recipe.parent_key is None:
+            return None
+        if self.get(recipe.parent_key) is None:
+            raise KdxError(f"parent_key: got {recipe.parent_key!r}; the parent teacher is not in the store "
+                           f"{self.root}; build the parent first (kdx search builds chains in order).")
+        model, info = self.load_model(recipe.parent_key, None)
+        if get_method(recipe.train.method).same_arch_teacher and info["arch"] != recipe.train.arch:
+            raise bad_value("parent_key", recipe.parent_key, f"method {recipe.train.method!r} needs a parent of "
+                            f"the same architecture ({recipe.train.arch}), not {info['arch']}")
+        return model
 
     # -------------------------------------------------------------- building
     def _build(self, recipe: TeacherRecipe, key: str, manifest: dict | None, good: set[int], missing: list[int],
@@ -835,7 +864,7 @@ class TeacherStore:
         if splits is None:
             splits = load_splits(recipe.data)
         cfg = recipe.train
-        trainer = Trainer(cfg, splits, device)
+        trainer = Trainer(cfg, splits, device, teacher=self.parent_model(recipe))
         build = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
                  "device": str(trainer.device), "resumed_from": [], "epochs_trained": 0, "kept": [],
                  "torch": torch.__version__}

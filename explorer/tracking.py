@@ -45,7 +45,18 @@ TRIAL_PARAMS = (
     "teacher_params",
     "capacity_ratio",     # teacher_params / student_params (below 1 for reversed KD)
     "epochs",             # the student's planned epochs (ASHA's max_t)
+    "teacher_kind",       # plain | distilled (a chain: TAKD assistant, born-again generation) | ensemble | none
+    "teacher_chain",      # store keys of the teacher and its own teachers: 'key<parent<...', '+' between members
+    "teacher_temperature",  # kd/ckm: the teacher's own temperature ("none" = T)
+    "epsilon",            # ls: label-smoothing factor
+    "delta",              # tf_kd_reg: the virtual teacher's probability on the true class
+    "confidence",         # ckm: confidence of the replacement target
+    "cohort",             # dml: number of students trained together
 )
+
+# Method hyperparameters logged as their own params (the resolved value, "none" where the method has none).
+METHOD_PARAMS = ("temperature", "alpha", "kd_stop_epoch", "teacher_temperature", "epsilon", "delta", "confidence",
+                 "cohort")
 
 # Per-epoch metrics (step = epoch, 1-based) produced by explorer.train.Trainer.
 EPOCH_METRICS = (

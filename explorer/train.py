@@ -136,6 +136,19 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float, Tens
 EpochCallback = Callable[[int, dict, "Trainer"], None]
 
 
+class TeacherEnsemble(nn.Module):
+    """Several teachers evaluated as one: logits = log of the mean of their softmax probabilities
+    (for accuracy and agreement). The loss sees each teacher's own logits (a list)."""
+
+    def __init__(self, teachers: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(teachers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        probs = torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
 class Trainer:
     """Trains `cfg.arch` on `splits` with `cfg.method`, optionally against a frozen `teacher`.
 
@@ -144,16 +157,22 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device | str | None = None,
-                 teacher: nn.Module | None = None):
+                 teacher: nn.Module | list[nn.Module] | None = None):
         self.hp = cfg.validate()
         self.cfg = cfg
         self.method = get_method(cfg.method)
-        if self.method.needs_teacher and teacher is None:
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else ([] if teacher is None else [teacher])
+        if self.method.needs_teacher and not teachers:
             raise bad_value("teacher", None, f"method {cfg.method!r} needs a teacher")
+        if self.method.needs_teacher and len(teachers) > 1 and "ensemble" not in self.method.teacher_kinds:
+            raise bad_value("teacher", f"an ensemble of {len(teachers)}",
+                            f"method {cfg.method!r} takes one teacher (mkd or kd take ensembles)")
         self.device = torch.device(device) if device is not None else default_device()
         self.splits = splits.to(self.device)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.arch, splits.num_classes, splits.input_shape).to(self.device)
+        # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode
+        # forward gives the logits that are evaluated.
+        self.model = self.method.build_student(cfg.arch, splits.num_classes, splits.input_shape, self.hp).to(self.device)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
             nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
@@ -164,30 +183,40 @@ class Trainer:
         self.generator.manual_seed(cfg.seed)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
-        self.teacher = None
-        if teacher is not None and self.method.needs_teacher:
-            self._set_teacher(teacher)
+        self.teacher = None  # one module, or a TeacherEnsemble of several
+        if teachers and self.method.needs_teacher:
+            self._set_teacher(teachers)
 
     # ------------------------------------------------------------------ teacher
-    def _set_teacher(self, teacher: nn.Module) -> None:
-        self.teacher = teacher.to(self.device).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+    def _set_teacher(self, teachers: list[nn.Module]) -> None:
+        for t in teachers:
+            t.to(self.device).eval()
+            for p in t.parameters():
+                p.requires_grad_(False)
+        self.teachers = teachers
+        self.teacher = teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers)
         s = self.splits
         self.teacher_val_acc, _, self.teacher_val_preds = evaluate(self.teacher, s.val_x, s.val_y)
         # Without augmentation the teacher sees the same inputs every epoch: run it once.
         self.teacher_train_logits = None
         if s.augment == "none" and not self.method.needs_features:
-            self.teacher_train_logits = predict_logits(self.teacher, s.train_x)
+            logits = [predict_logits(t, s.train_x) for t in teachers]
+            self.teacher_train_logits = logits[0] if len(teachers) == 1 else torch.stack(logits)
 
     @torch.inference_mode()
     def _teacher_outputs(self, xb: Tensor, idx: Tensor):
+        """(logits, features) of the teacher for a batch; for an ensemble, a list of logits."""
+        several = len(self.teachers) > 1
         if self.teacher_train_logits is not None:
+            if several:
+                return list(self.teacher_train_logits[:, idx]), None
             return self.teacher_train_logits[idx], None
         with _autocast(self.device):
             if self.method.needs_features:
                 logits, feats = self.teacher(xb, features=True)
                 return logits.float(), [f.float() for f in feats]
+            if several:
+                return [t(xb).float() for t in self.teachers], None
             return self.teacher(xb).float(), None
 
     # ------------------------------------------------------------------ state

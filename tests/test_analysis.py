@@ -126,6 +126,9 @@ def _log_trial(client, exp_id: str, parent_id: str, i: int, t: dict) -> str:
         "kd_stop_epoch": "none", "seed": t["seed"], "student_params": t["student_params"],
         "teacher_params": tparams if kd else "none",
         "capacity_ratio": tparams / t["student_params"] if kd else "none", "epochs": EPOCHS,
+        # issue 6: the teacher's kind and chain, and the hyperparameters of the other methods
+        "teacher_kind": "plain" if kd else "none", "teacher_chain": teacher if kd else "none",
+        "teacher_temperature": "none", "epsilon": "none", "delta": "none", "confidence": "none", "cohort": "none",
     }
     assert set(params) == set(tr.TRIAL_PARAMS)
     tags = {tr.ROLE_TAG: tr.ROLE_TRIAL, tr.PARENT_TAG: parent_id, tr.TRIAL_ID_TAG: f"trial_{i:03d}",

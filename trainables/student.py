@@ -43,8 +43,10 @@ def _maybe_inject_fault(epoch: int) -> None:
 def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
     settings = plan.settings(config, kind)
     teacher = None
-    if settings["teacher_key"] != "none":
-        teacher, _ = TeacherStore(plan.store_root).load_model(settings["teacher_key"], settings["teacher_stop_epoch"])
+    if settings["teacher_key"] != "none":  # several comma-joined keys: an ensemble (mkd)
+        store = TeacherStore(plan.store_root)
+        teacher = [store.load_model(key, settings["teacher_stop_epoch"])[0]
+                   for key in settings["teacher_key"].split(",")]
     trainer = Trainer(plan.train_config(settings), splits, teacher=teacher)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -196,14 +196,35 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
             experiment_id = _experiment_id(tracking_uri, experiment or DEFAULT_TEACHER_EXPERIMENT)
         task = _build_remote.options(num_cpus=cpus_per_teacher, num_gpus=gpus_per_teacher, max_retries=retries,
                                      retry_exceptions=True)
+        # Distilled teachers need their parent first: a teacher starts as soon as its parent (if any,
+        # and if it is being built here) has finished; teachers whose parent failed fail without running.
+        waiting = list(todo)
         refs = {}
-        for key in todo:
-            recipe, stops = merged[key]
-            ref = task.remote(recipe, sorted(stops), store.root, lock, tracking_uri, experiment_id,
-                              cpus_per_teacher)
-            refs[ref] = key
+
+        def launch_ready():
+            for key in list(waiting):
+                recipe, stops = merged[key]
+                parent = recipe.parent_key
+                if parent in merged and parent not in results:
+                    continue  # the parent is still being built
+                waiting.remove(key)
+                if parent in results and results[parent].status == FAILED:
+                    results[key] = ZooResult(key, recipe.label(), FAILED, None,
+                                             f"its parent teacher {parent} failed", tuple(sorted(stops)))
+                    continue
+                ref = task.remote(recipe, sorted(stops), store.root, lock, tracking_uri, experiment_id,
+                                  cpus_per_teacher)
+                refs[ref] = key
+
+        launch_ready()
         pending = list(refs)
-        while pending:
+        while pending or waiting:
+            if not pending:  # everything left waits on failed parents
+                launch_ready()
+                pending = [r for r in refs if refs[r] not in results]
+                if not pending:
+                    break
+                continue
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
                 key = refs[ref]
@@ -215,6 +236,9 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
                     out = {"status": FAILED, "error": _describe(e)}
                 results[key] = ZooResult(key, recipe.label(), out["status"], out.get("record"), out.get("error"),
                                          tuple(sorted(stops)))
+            before = set(refs)
+            launch_ready()
+            pending += [r for r in refs if r not in before]
     return [results[key] for key in merged]
 
 
