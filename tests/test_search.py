@@ -232,3 +232,53 @@ def test_unreachable_tracking_server_is_one_sentence_within_seconds(tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "--tracking-uri" in err[0] and "no MLflow tracking server" in err[0]
     assert not (tmp_path / "kdx_runs" / "ray_results").exists()  # no trial started
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+    spec = write_spec(tmp_path / "tiny.yaml")
+    proc = kdx(tmp_path, "search", str(spec), "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("-> build") == 2 and "trials: 8" in proc.stdout
+    assert not (tmp_path / "kdx_runs").exists()
+
+
+def test_diverging_trials_end_as_diverged_and_the_search_carries_on(tmp_path):
+    spec = write_spec(tmp_path / "tiny.yaml", student=TINY["student"] | {"lr": 1.0e6}, baseline=False,
+                      teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]},
+                      search=TINY["search"] | {"num_samples": 2, "asha": None})
+    proc = kdx(tmp_path, "search", str(spec), "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"diverged": 2}
+    client, runs = runs_of(f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}", "tiny")
+    trials = by_role(runs, "trial")
+    assert [r.data.tags[STATUS_TAG] for r in trials] == ["diverged", "diverged"]
+    assert all(r.info.status == "FAILED" for r in trials)
+    (state_file,) = glob.glob(str(tmp_path / "kdx_runs" / "ray_results" / "tiny" / "searcher-state-*.pkl"))
+    with open(state_file, "rb") as f:
+        assert [t.state.name for t in pickle.load(f)["_ot_study"].trials] == ["FAIL", "FAIL"]
+
+
+def test_confirm_then_analyze_on_the_real_search(searched):
+    """`kdx confirm` re-runs the best config and the baseline over seeds; `kdx analyze` reads it all back."""
+    cwd, _ = searched
+    proc = kdx(cwd, "confirm", "tiny", "--top", "1", "--seeds", "2", "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": 4}
+    client, runs = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
+    confirm = [r for r in by_role(runs, "trial") if r.data.tags["kdx.kind"] == "confirm"]
+    assert len(confirm) == 4 and all(r.data.tags[STATUS_TAG] == "completed" for r in confirm)
+    assert sorted(r.data.params["seed"] for r in confirm) == ["0", "0", "1", "1"]
+    assert sorted(r.data.params["teacher"] for r in confirm).count("none") == 2  # the CE baseline, twice
+    assert len(by_role(runs, "search")) == 1  # same parent run
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+    out = cwd / "report"
+    proc = kdx(cwd, "analyze", "tiny", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary  # the same content as the printed summary
+    for name in ("report.md", "report.html", "trials.csv", "capacity_curve.png", "kd_gain_forest.png"):
+        assert (out / name).stat().st_size > 0, name
+    parent = by_role(runs, "search")[0]
+    attached = [a.path for a in client.list_artifacts(parent.info.run_id, "analysis")]
+    assert any(p.endswith("report.html") for p in attached)

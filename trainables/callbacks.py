@@ -170,13 +170,19 @@ class ProgressLine(Callback):
             text += f" | best {self.metric} {best:.4f} ({trial_label(self.plan.settings(best_trial.config, self.kind))})"
         return text
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def _maybe_print(self, trials) -> None:
         if time.monotonic() - self._last >= self.every_s:
             self._last = time.monotonic()
             self.out(self._line(trials), flush=True)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._maybe_print(trials)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.out(self._line(trials), flush=True)
+        self._maybe_print(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._maybe_print(trials)
+
+    def on_experiment_end(self, trials, **info):
         self.out(self._line(trials), flush=True)

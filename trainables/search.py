@@ -179,54 +179,69 @@ def parent_run(client: MlflowClient, spec: SearchSpec, spec_text: str, plan: Pla
 # ------------------------------------------------------------------ the run
 
 
-def _tuner(trainable, experiment: str, storage: str, resume: bool, build):
-    from ray import tune
+@dataclass
+class ExperimentSetup:
+    """One Ray Tune experiment of a search: its kind, name, space, searcher and scheduler."""
 
-    path = f"{storage.rstrip('/')}/{experiment}"
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    return build()
+    kind: str
+    name: str
+    space: dict
+    searcher: object
+    num_samples: int
+    expected: int  # trials it should end with (fewer after a Ctrl-C)
+    scheduler: object = None
 
 
-def _fit(kind: str, spec: SearchSpec, plan: Plan, splits_ref, loc: Locations, exp_id: str, parent_id: str,
-         resume: bool, max_concurrent: int | None, num_samples: int | None, out):
-    from ray import tune
+def search_setup(spec: SearchSpec, num_samples: int | None) -> ExperimentSetup:
     from ray.tune.schedulers import ASHAScheduler
 
-    res = spec.resources
+    space, searcher, n = tune_setup(spec, num_samples)
+    s, scheduler = spec.search, None
+    if s.asha:
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
+                                  max_t=spec.student.epochs, grace_period=s.asha.grace_period,
+                                  reduction_factor=s.asha.reduction_factor)
+    return ExperimentSetup(KIND_SEARCH, spec.name, space, searcher, n, expected_trials(spec, num_samples), scheduler)
+
+
+def points_setup(kind: str, name: str, points: list[dict]) -> ExperimentSetup:
+    """Fixed configurations, each run once, never pruned (CE baselines, confirmation re-runs)."""
+    from ray import tune
+
+    return ExperimentSetup(kind, name, {"point": tune.grid_search(points)}, None, 1, len(points))
+
+
+def baseline_setup(spec: SearchSpec) -> ExperimentSetup:
+    return points_setup(KIND_BASELINE, f"{spec.name}__{KIND_BASELINE}", [{"seed": s} for s in spec.seeds])
+
+
+
+def _fit(setup: ExperimentSetup, spec: SearchSpec, plan: Plan, splits_ref, loc: Locations, exp_id: str,
+         parent_id: str, resume: bool, max_concurrent: int | None, out) -> None:
+    from ray import tune
+
+    res, s = spec.resources, spec.search
     trainable = tune.with_resources(
-        tune.with_parameters(train_student, plan=plan, splits=splits_ref, kind=kind),
+        tune.with_parameters(train_student, plan=plan, splits=splits_ref, kind=setup.kind),
         {"cpu": res.trial.cpus, "gpu": res.trial.gpus},
     )
-    experiment = spec.name if kind == KIND_SEARCH else f"{spec.name}__{kind}"
-    s = spec.search
-    logger = MlflowTrialLogger(loc.tracking_uri, exp_id, parent_id, plan, kind)
-
-    def build():
-        if kind == KIND_BASELINE:
-            from ray.tune.search.basic_variant import BasicVariantGenerator
-
-            space, searcher, n, scheduler = {"seed": tune.grid_search(spec.seeds)}, BasicVariantGenerator(), 1, None
-        else:
-            space, searcher, n = tune_setup(spec, num_samples)
-            scheduler = None
-            if s.asha:
-                scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
-                                          max_t=spec.student.epochs, grace_period=s.asha.grace_period,
-                                          reduction_factor=s.asha.reduction_factor)
-        return tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n,
+    logger = MlflowTrialLogger(loc.tracking_uri, exp_id, parent_id, plan, setup.kind)
+    path = f"{loc.storage.rstrip('/')}/{setup.name}"
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=setup.space,
+            tune_config=tune.TuneConfig(search_alg=setup.searcher, scheduler=setup.scheduler,
+                                        num_samples=setup.num_samples,
                                         max_concurrent_trials=max_concurrent or s.max_concurrent),
             run_config=tune.RunConfig(
-                name=experiment, storage_path=loc.storage, verbose=0,
-                callbacks=[logger, ProgressLine(plan, s.metric, s.mode, kind, out=out)],
+                name=setup.name, storage_path=loc.storage, verbose=0,
+                callbacks=[logger, ProgressLine(plan, s.metric, s.mode, setup.kind, out=out)],
                 failure_config=tune.FailureConfig(max_failures=res.retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-
-    tuner = _tuner(trainable, experiment, loc.storage, resume, build)
     try:
         tuner.fit()
     finally:
@@ -264,20 +279,30 @@ def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
     out(f"  results {loc.storage}\n  teachers {plan.store_root}\n  tracking {loc.tracking_uri}")
 
 
-def run_search(spec: SearchSpec, spec_text: str, *, address: str | None = None, storage: str | None = None,
-               tracking_uri: str | None = None, resume: bool = False, max_concurrent: int | None = None,
-               num_samples: int | None = None, dry_run: bool = False, out=print) -> Outcome | None:
+def run_search(spec: SearchSpec, spec_text: str, *, num_samples: int | None = None, dry_run: bool = False,
+               out=print, **where) -> Outcome | None:
+    """Plan, build teachers, run the CE baselines and the KD search; `where`: address, storage,
+    tracking_uri, resume, max_concurrent."""
+    loc = locations(where.pop("storage", None), where.pop("tracking_uri", None))
+    plan = make_plan(spec, loc.store_root)
+    describe_plan(spec, plan, loc, out)
+    if dry_run:
+        return None
+    setups = ([baseline_setup(spec)] if spec.baseline else []) + [search_setup(spec, num_samples)]
+    return run_experiments(spec, spec_text, plan, loc, setups, out=out, **where)
+
+
+def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations, setups: list[ExperimentSetup], *,
+                    address: str | None = None, resume: bool = False, max_concurrent: int | None = None,
+                    out=print, what: str = "search") -> Outcome:
+    """Ray up, MLflow parent run, teachers built or reused, then each experiment in turn."""
     import ray
 
     from .zoo import build_zoo
 
     # Ray warns on every checkpoint of a fast trial; kdx checkpoints every epoch on purpose.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    loc = locations(storage, tracking_uri)
-    plan = make_plan(spec, loc.store_root)
-    describe_plan(spec, plan, loc, out)
-    if dry_run:
-        return None
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0; kdx prints its own progress
     check_tracking(loc.tracking_uri)
     splits = load_splits(spec.data_spec())  # before Ray: a missing dataset fails fast, in one sentence
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
@@ -300,14 +325,14 @@ def run_search(spec: SearchSpec, spec_text: str, *, address: str | None = None, 
             raise KdxError(f"teachers: {len(failed)} teacher build(s) failed ({failed[0].label}: {failed[0].error}); "
                            "fix the cause and run again with --resume.")
         splits_ref = ray.put(splits)
-        kinds = ([KIND_BASELINE] if spec.baseline else []) + [KIND_SEARCH]
-        for kind in kinds:
-            _fit(kind, spec, plan, splits_ref, loc, exp_id, parent_id, resume, max_concurrent, num_samples, out)
-            if summarize(spec, plan, loc.storage, [kind], num_samples, exp_id, parent_id, loc).interrupted:
-                break  # Ctrl-C during the baselines: do not start the search
-        outcome = summarize(spec, plan, loc.storage, kinds, num_samples, exp_id, parent_id, loc)
+        for i, setup in enumerate(setups):
+            _fit(setup, spec, plan, splits_ref, loc, exp_id, parent_id, resume, max_concurrent, out)
+            if summarize(spec, plan, [setup], exp_id, parent_id, loc).interrupted:
+                setups = setups[: i + 1]
+                break  # Ctrl-C: do not start the next experiment
+        outcome = summarize(spec, plan, setups, exp_id, parent_id, loc)
         status = "KILLED" if outcome.interrupted else "FINISHED"
-        report_outcome(spec, outcome, loc, out)
+        report_outcome(spec, outcome, loc, out, what)
         return outcome
     except KeyboardInterrupt:
         status = "KILLED"
@@ -318,9 +343,8 @@ def run_search(spec: SearchSpec, spec_text: str, *, address: str | None = None, 
             ray.shutdown()
 
 
-def expected_trials(spec: SearchSpec, kind: str, num_samples: int | None) -> int:
-    if kind == KIND_BASELINE:
-        return len(spec.seeds)
+def expected_trials(spec: SearchSpec, num_samples: int | None) -> int:
+    """How many KD trials the search plans: num_samples, or the grid's size times its repeats."""
     if spec.search.algorithm != "grid":
         return num_samples or spec.search.num_samples
     n = num_samples or 1
@@ -329,7 +353,7 @@ def expected_trials(spec: SearchSpec, kind: str, num_samples: int | None) -> int
     return n
 
 
-def summarize(spec, plan, storage: str, kinds: list[str], num_samples, exp_id, parent_id, loc) -> Outcome:
+def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc) -> Outcome:
     """Counts and the best completed KD trial, read from the experiment state Ray saved.
 
     The saved state, not the in-memory trials: after a Ctrl-C Ray marks live trials TERMINATED in
@@ -340,10 +364,9 @@ def summarize(spec, plan, storage: str, kinds: list[str], num_samples, exp_id, p
     counts: dict[str, int] = {}
     best, interrupted = None, False
     sign = 1 if spec.search.mode == "max" else -1
-    for kind in kinds:
-        name = spec.name if kind == KIND_SEARCH else f"{spec.name}__{kind}"
-        trials = ExperimentAnalysis(f"{storage.rstrip('/')}/{name}").trials
-        missing = expected_trials(spec, kind, num_samples) - len(trials)
+    for setup in setups:
+        trials = ExperimentAnalysis(f"{loc.storage.rstrip('/')}/{setup.name}").trials
+        missing = setup.expected - len(trials)
         if missing > 0:
             counts["not started"] = counts.get("not started", 0) + missing
             interrupted = True
@@ -355,11 +378,12 @@ def summarize(spec, plan, storage: str, kinds: list[str], num_samples, exp_id, p
                 st = "failed" if trial.status == "ERROR" else trial_status(trial, plan.epochs)
             counts[st] = counts.get(st, 0) + 1
             v = (trial.last_result or {}).get(spec.search.metric)
-            if kind == KIND_SEARCH and st == COMPLETED and v is not None and (best is None or sign * v > sign * best[1]):
-                best = (trial, v)
+            if setup.kind != KIND_BASELINE and st == COMPLETED and v is not None and \
+                    (best is None or sign * v > sign * best[1]):
+                best = (trial, v, setup.kind)
     best_info = None
     if best:
-        settings = plan.settings(best[0].config, KIND_SEARCH)
+        settings = plan.settings(best[0].config, best[2])
         last = best[0].last_result
         best_info = {"label": trial_label(settings), spec.search.metric: best[1], "test_acc": last.get("test_acc"),
                      **{k: settings[k] for k in ("teacher", "teacher_stop_epoch", "method", "temperature", "alpha",
@@ -367,8 +391,8 @@ def summarize(spec, plan, storage: str, kinds: list[str], num_samples, exp_id, p
     return Outcome(best_info, counts, interrupted, exp_id, parent_id, loc.tracking_uri)
 
 
-def report_outcome(spec, outcome: Outcome, loc: Locations, out) -> None:
-    out(f"search {spec.name!r} {'INTERRUPTED (continue with --resume)' if outcome.interrupted else 'finished'}: "
+def report_outcome(spec, outcome: Outcome, loc: Locations, out, what: str = "search") -> None:
+    out(f"{what} {spec.name!r} {'INTERRUPTED (continue with --resume)' if outcome.interrupted else 'finished'}: "
         + ", ".join(f"{v} {k}" for k, v in sorted(outcome.trials.items())))
     if outcome.best:
         b = outcome.best

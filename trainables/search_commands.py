@@ -50,7 +50,27 @@ def cmd_search(args):
                          resume=args.resume, max_concurrent=args.max_concurrent, num_samples=args.num_samples,
                          dry_run=args.dry_run)
     if args.json and outcome is not None:
-        print_json({"best": outcome.best, "trials": outcome.trials, "interrupted": outcome.interrupted,
-                    "experiment_id": outcome.experiment_id, "parent_run_id": outcome.parent_run_id,
-                    "tracking_uri": outcome.tracking_uri})
+        print_json(vars(outcome))
     return 3 if outcome is not None and outcome.interrupted else 0
+
+
+def _confirm_args(p):
+    p.add_argument("name", metavar="NAME", help="the search's name (its MLflow experiment)")
+    p.add_argument("--top", type=int, default=3, help="how many of the best configurations to re-run (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration and baseline (default 5)")
+    p.add_argument("--address", default=None, help="join a running Ray cluster")
+    p.add_argument("--storage", default=None, help="Ray results and teacher store: a shared path or URI")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under ./kdx_runs)")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="last line: the outcome as one JSON object")
+
+
+@command("confirm", "re-run the best configurations and the CE baseline over several seeds", _confirm_args)
+def cmd_confirm(args):
+    from .confirm import run_confirm
+
+    outcome = run_confirm(args.name, top=args.top, seeds=args.seeds, tracking_uri=args.tracking_uri,
+                          storage=args.storage, address=args.address, max_concurrent=args.max_concurrent)
+    if args.json:
+        print_json(vars(outcome))
+    return 3 if outcome.interrupted else 0
