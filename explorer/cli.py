@@ -69,18 +69,15 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--omit-classes", type=int_list, default=[], help="classes dropped from train, e.g. 3,7")
 
 
-def data_spec_from_args(args: argparse.Namespace):
-    from .data import DataCondition, DataSpec
+DATA_FLAGS = ("data_dir", "download", "val_fraction", "split_seed", "label_noise", "imbalance_gamma",
+              "imbalance_max", "imbalance_min", "omit_classes")
 
-    return DataSpec(
-        dataset=args.dataset, data_dir=args.data_dir, download=args.download,
-        val_fraction=args.val_fraction, split_seed=args.split_seed,
-        condition=DataCondition(
-            label_noise=args.label_noise, imbalance_gamma=args.imbalance_gamma,
-            imbalance_max=args.imbalance_max, imbalance_min=args.imbalance_min,
-            omit_classes=tuple(args.omit_classes),
-        ),
-    )
+
+def data_spec_from_args(args: argparse.Namespace):
+    """The data flags are named like a spec's `dataset:` fields and checked the same way."""
+    from .spec import parse_dataset
+
+    return parse_dataset({"name": args.dataset} | {f: getattr(args, f) for f in DATA_FLAGS})
 
 
 def print_json(obj) -> None:

@@ -463,6 +463,19 @@ def _sentence(err: ValidationError) -> str:
     return f"{loc}: got {shown}; {msg.rstrip('.')}."
 
 
+def parse_dataset(fields: dict) -> DataSpec:
+    """A `dataset:` section (or the same-named CLI flags) -> DataSpec, with the spec's checks and errors."""
+    try:
+        section = DatasetSection(**fields)
+        spec = section.data_spec()
+        spec.condition.validate(_num_classes(section.name))
+    except ValidationError as e:
+        raise KdxError(f"dataset.{_sentence(e)}") from None
+    except KdxError as e:
+        raise KdxError(f"dataset.{e}") from None
+    return spec
+
+
 def parse_spec(data: Any, source: str = "spec") -> SearchSpec:
     if not isinstance(data, dict):
         raise KdxError(f"{source}: got {type(data).__name__}; allowed: a YAML mapping with name, student, teachers, ...")
