@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import KdxError, bad_value
-from .models import build_model
+from .models import MultiBranch, build_model
 
 
 @dataclass(frozen=True)
@@ -317,6 +317,40 @@ class MutualLearning(Method):
         return {"ce": ce, "kd": kd}
 
 
+@dataclass(frozen=True)
+class OnTheFlyNativeEnsemble(Method):
+    """On-the-fly native ensemble (ONE; Lan et al. 2018; seed 000 table I: T = 3, three branches).
+    No pretrained teacher: the student is a multi-branch network (explorer.models.MultiBranch: the
+    student's low-level layers shared, `branches` copies of its high-level layers, each with its own
+    classifier, and a gate giving softmax weights g over the branches). The gated ensemble
+    z_ens = sum_i g_i * z_i teaches every branch:
+
+        loss = sum_i CE(z_i, y) + CE(z_ens, y) + T^2 * sum_i KL(softmax(z_ens/T) || softmax(z_i/T))
+
+    with the KL averaged over the batch and the ensemble's probabilities detached in the KL terms
+    (the ensemble and the gate learn from CE(z_ens, y) only). Logged terms: "ce" (the m + 1 CE terms)
+    and "kd" (the KL terms).
+
+    Evaluated logits: branch 0, fixed in advance. Seed 000 reports, per seed, the classification
+    branch with the best *test* accuracy; kdx never selects on test, so it evaluates one branch
+    chosen before training. A single branch (not the gated ensemble) because it is the student that
+    is deployed and compared: it has the student architecture's own size (capacity ratios stay
+    right) and the paper's numbers are single-branch numbers. `MultiBranch.forward_all` gives the
+    ensemble's logits for whoever wants to look at them."""
+
+    def build_student(self, arch, num_classes, input_shape, hp):
+        return MultiBranch(arch, num_classes, input_shape, hp["branches"])
+
+    def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
+        stacked = inputs.student_logits.float()  # (m + 1, B, C): branches, then the gated ensemble
+        branches, ens = stacked[:-1], stacked[-1]
+        y, T = inputs.targets, hp["temperature"]
+        ce = sum(F.cross_entropy(z, y) for z in branches) + F.cross_entropy(ens, y)
+        target = ens.detach()
+        kd = sum(kd_kl(z, target, T) for z in branches)
+        return {"ce": ce, "kd": kd}
+
+
 _KD_STOP = HParam(
     "kd_stop_epoch", None, low=1, integer=True, optional=True,
     help="epoch (1-based) from which the KD term is switched off; none = never (seed 004 section 5.3)",
@@ -405,6 +439,16 @@ register(MutualLearning(
     description="deep mutual learning: a cohort of students trained together, each distilling from the others",
     source="Zhang et al. 2018; seed 000 table I (cohort 2, T=4)",
     hparams=(_T, HParam("cohort", 2, low=2, high=8, integer=True, help="number of students in the cohort, 2..8")),
+))
+
+
+register(OnTheFlyNativeEnsemble(
+    name="one",
+    description="on-the-fly native ensemble: a multi-branch student whose gated branch ensemble teaches each "
+                "branch; branch 0 is evaluated",
+    source="Lan et al. 2018; seed 000 table I (T=3, three branches)",
+    hparams=(HParam("temperature", 3.0, low=0.0, low_open=True, help="softmax temperature T > 0"),
+             HParam("branches", 3, low=2, high=8, integer=True, help="number of branches, 2..8")),
 ))
 
 

@@ -20,6 +20,9 @@ Every model's ``forward(x, features=False)`` returns logits, or ``(logits, feats
 
 Each model carries ``arch`` (its name), ``num_classes``, ``input_shape`` and
 ``feature_channels`` (channel / unit count of each entry of ``feats``).
+
+``split_trunk_head(model)`` cuts any of these into shared low-level layers and per-branch
+high-level layers; ``MultiBranch`` builds ONE's multi-branch student from it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -283,6 +286,106 @@ class MLP(_KdxModel):
             x = F.relu(layer(x))
             feats.append(x)
         return self.fc(x), feats
+
+
+# --------------------------------------------------------------------------- multi-branch (ONE)
+
+
+class _AddChannel(nn.Module):
+    """Give an input without a channel axis one channel (as each family's forward does)."""
+
+    def __init__(self, dims_without_channel: int):
+        super().__init__()
+        self.dims = dims_without_channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1) if x.dim() == self.dims else x
+
+
+class TrunkHead(NamedTuple):
+    """A model cut in two: ``head(trunk(x)) == model(x)``; ``channels`` is the channel (or unit)
+    count of the trunk's output."""
+
+    trunk: nn.Module
+    head: nn.Module
+    channels: int
+
+
+def split_trunk_head(model: nn.Module) -> TrunkHead:
+    """Cut a kdx model into shared low-level layers (trunk) and high-level layers (head), sharing its
+    modules (no copy), for multi-branch students (ONE, Lan et al. 2018):
+
+    * ResNet / WRN: trunk = stem + stages 1-2; head = stage 3 (+ WRN's final BN-ReLU) + pool + fc;
+    * cnn1d: trunk = the first conv block; head = the other two + the linear layer;
+    * mlp: trunk = the first hidden layer; head = the remaining hidden layers + the output layer.
+    """
+    if isinstance(model, CifarResNet):
+        trunk = nn.Sequential(_AddChannel(3), model.conv1, model.bn1, nn.ReLU(), model.layer1, model.layer2)
+        head = nn.Sequential(model.layer3, model.pool, nn.Flatten(1), model.fc)
+        return TrunkHead(trunk, head, model.feature_channels[2])
+    if isinstance(model, WideResNet):
+        trunk = nn.Sequential(_AddChannel(3), model.conv1, model.block1, model.block2)
+        head = nn.Sequential(model.block3, model.bn, nn.ReLU(), model.pool, nn.Flatten(1), model.fc)
+        return TrunkHead(trunk, head, model.feature_channels[2])
+    if isinstance(model, CNN1d):
+        trunk = nn.Sequential(_AddChannel(2), model.convs[0], nn.ReLU())
+        rest = [m for conv in model.convs[1:] for m in (conv, nn.ReLU())]
+        head = nn.Sequential(*rest, nn.Flatten(1), model.fc)
+        return TrunkHead(trunk, head, model.feature_channels[0])
+    if isinstance(model, MLP):
+        trunk = nn.Sequential(nn.Flatten(1), model.hidden[0], nn.ReLU())
+        rest = [m for layer in model.hidden[1:] for m in (layer, nn.ReLU())]
+        head = nn.Sequential(*rest, model.fc)
+        return TrunkHead(trunk, head, model.feature_channels[0])
+    raise bad_value("model", type(model).__name__, "allowed: a kdx ResNet, WRN, cnn1d or mlp model")
+
+
+class MultiBranch(nn.Module):
+    """A multi-branch network (ONE, Lan et al. 2018): one shared trunk, ``branches`` copies of the
+    high-level layers each with its own classifier (independently initialised), and a gate on the
+    shared features (global average pool, linear, softmax over branches) that weighs the branches'
+    logits into the gated ensemble ``z_ens = sum_i g_i * z_i``.
+
+    Train mode: ``forward`` returns a (branches + 1, B, C) tensor: the branch logits z_0..z_{m-1},
+    then z_ens. Eval mode: branch 0's logits only (the deployed single-branch student; see `one` in
+    explorer/methods.py for why branch 0 and not the ensemble). `forward_all` gives everything.
+
+    The gate is Lan et al.'s pooled FC + softmax without their BatchNorm-ReLU (a batch of one, as a
+    last partial batch can be, would break BatchNorm in training mode).
+    """
+
+    def __init__(self, arch: str, num_classes: int, input_shape: tuple[int, ...], branches: int = 3):
+        super().__init__()
+        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 1:
+            raise bad_value("branches", branches, "allowed: a whole number >= 1")
+        parts = [split_trunk_head(build_model(arch, num_classes, input_shape)) for _ in range(branches)]
+        self.trunk = parts[0].trunk
+        self.heads = nn.ModuleList(p.head for p in parts)
+        self.gate = nn.Linear(parts[0].channels, branches)
+        self.arch = arch
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.branches = branches
+
+    def _gate(self, shared: torch.Tensor) -> torch.Tensor:
+        pooled = shared.flatten(2).mean(2) if shared.dim() > 2 else shared
+        return F.softmax(self.gate(pooled), dim=1)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(branch logits (m, B, C), gate weights (B, m), gated ensemble logits (B, C))."""
+        shared = self.trunk(x)
+        z = torch.stack([h(shared) for h in self.heads])
+        g = self._gate(shared).to(z.dtype)
+        ens = torch.einsum("bm,mbc->bc", g, z)
+        return z, g, ens
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        if features:
+            raise bad_value("features", True, "a multi-branch student exposes no block features")
+        if not self.training:
+            return self.heads[0](self.trunk(x))
+        z, _, ens = self.forward_all(x)
+        return torch.cat([z, ens.unsqueeze(0)])
 
 
 # --------------------------------------------------------------------------- registry
