@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import KdxError, bad_value
+from .tracking import METHOD_PARAMS
 
-EXTENSIONS = ("trainables.commands", "trainables.search_commands", "analysis.commands")
+EXTENSIONS = ("trainables.commands", "trainables.search_commands", "analysis.commands", "analysis.generations_cli")
 
 
 @dataclass
@@ -181,6 +182,7 @@ def _train_args(p):
     p.add_argument("--delta", type=float, default=None, help="tf_kd_reg: virtual teacher's true-class probability")
     p.add_argument("--confidence", type=float, default=None, help="ckm: replacement target confidence (0.99)")
     p.add_argument("--cohort", type=int, default=None, help="dml: number of students trained together (2)")
+    p.add_argument("--branches", type=int, default=None, help="one: number of branches of the student (3)")
     p.add_argument("--chain-method", default="kd",
                    help="how links of a teacher chain ('a<b', 'a^g') are distilled (default kd at its defaults)")
     p.add_argument("--seed", type=int, default=0)
@@ -257,8 +259,7 @@ def obtain_teacher(args, spec, splits, device):
                     "key": ",".join(i["key"] for i in infos)}, kind
 
 
-HPARAM_FLAGS = ("temperature", "alpha", "kd_stop_epoch", "teacher_temperature", "epsilon", "delta", "confidence",
-                "cohort")
+HPARAM_FLAGS = METHOD_PARAMS  # one list of method hyperparameters
 
 
 @command("train", "train one student (and its teacher, if named)", _train_args)

@@ -23,10 +23,10 @@ from .data import DataCondition, DataSpec, dataset_names
 from .errors import KdxError
 from .methods import METHODS, Method, get_method
 from .models import is_known_model
+from .tracking import METHOD_PARAMS
 from .train import SCHEDULES, TrainConfig
 
-AXES = ("method", "temperature", "alpha", "kd_stop_epoch", "teacher_temperature", "epsilon", "delta", "confidence",
-        "cohort")
+AXES = ("method", *METHOD_PARAMS)
 
 TEACHER_SYNTAX = ("allowed: an architecture from `kdx models`, 'a<b' (a distilled from b; chains like 'a<b<c'), "
                   "'a^g' (born-again generation g of a), 'a:sN' (teacher seed N), or such members joined by '+' "
@@ -276,6 +276,7 @@ class DistillSection(Strict):
     delta: Any = None
     confidence: Any = None
     cohort: Any = None
+    branches: Any = None
 
     @field_validator(*AXES, mode="after")
     @classmethod

@@ -55,8 +55,9 @@ TRIAL_PARAMS = (
 )
 
 # Method hyperparameters logged as their own params (the resolved value, "none" where the method has none).
+# Every method hyperparameter kdx knows: spec axes, `kdx train` flags and trial params all use this list.
 METHOD_PARAMS = ("temperature", "alpha", "kd_stop_epoch", "teacher_temperature", "epsilon", "delta", "confidence",
-                 "cohort")
+                 "cohort", "branches")
 
 # Per-epoch metrics (step = epoch, 1-based) produced by explorer.train.Trainer.
 EPOCH_METRICS = (

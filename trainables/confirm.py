@@ -19,7 +19,7 @@ from explorer.spec import parse_spec
 from explorer.tracking import COMPLETED, KIND_CONFIRM, KIND_SEARCH, NO_TEACHER, absolute_tracking_uri
 
 from .plan import make_plan
-from .search import locations, points_setup, run_experiments
+from .search import check_tracking, locations, points_setup, run_experiments
 
 # The searchable values that make up one configuration (the seed is what confirmation varies).
 CONFIG_KEYS = ("teacher", "teacher_stop_epoch", "method", "temperature", "alpha", "kd_stop_epoch")
@@ -60,6 +60,7 @@ def run_confirm(name: str, *, top: int = 3, seeds: int = 5, tracking_uri: str | 
             raise KdxError(f"{flag}: got {v}; allowed: a whole number >= {low}.")
     loc = locations(storage, tracking_uri)
     uri = absolute_tracking_uri(loc.tracking_uri)
+    check_tracking(uri)
     parent = find_parent_run(name, uri)
     if parent is None:
         raise KdxError(f"NAME: got {name!r}; no `kdx search` parent run in that experiment at {uri}; run the search first.")

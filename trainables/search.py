@@ -95,8 +95,11 @@ def make_pruned_aware_optuna(**kwargs):
     learn from truncated scores. Here a trial that ended before `max_t` epochs is PRUNED (its
     intermediate values stay in Optuna as reported), a diverged trial FAIL.
     """
+    import optuna
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # kdx prints its own progress
 
     class PrunedAwareOptunaSearch(OptunaSearch):
         def __init__(self, max_t: int, **kw):
@@ -261,11 +264,13 @@ class Outcome:
 def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
     from explorer.store import TeacherStore
 
-    store = TeacherStore(plan.store_root)
+    # A local store that does not exist yet holds nothing; do not create it for a dry run.
+    exists = "://" in plan.store_root or os.path.isdir(plan.store_root)
+    store = TeacherStore(plan.store_root) if exists else None
     out(f"search {spec.name!r}: {plan.dataset}, student {plan.student} ({plan.student_params:,} params), "
         f"{spec.student.epochs} epochs")
     for key, recipe in plan.recipes.items():
-        rec = store.get(key)
+        rec = store.get(key) if store else None
         have = set(rec.checkpoints) if rec else set()
         state = "reuse" if rec and set(plan.stops[key]) <= have else ("extend" if rec else "build")
         out(f"  teacher {recipe.label():<28} key {key}  stop epochs {sorted(plan.stops[key])}  -> {state}")
@@ -288,6 +293,7 @@ def run_search(spec: SearchSpec, spec_text: str, *, num_samples: int | None = No
     describe_plan(spec, plan, loc, out)
     if dry_run:
         return None
+    check_tracking(loc.tracking_uri)  # before anything is built or started
     setups = ([baseline_setup(spec)] if spec.baseline else []) + [search_setup(spec, num_samples)]
     return run_experiments(spec, spec_text, plan, loc, setups, out=out, **where)
 
@@ -303,7 +309,6 @@ def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations
     # Ray warns on every checkpoint of a fast trial; kdx checkpoints every epoch on purpose.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0; kdx prints its own progress
-    check_tracking(loc.tracking_uri)
     splits = load_splits(spec.data_spec())  # before Ray: a missing dataset fails fast, in one sentence
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
     started_ray = not ray.is_initialized()
