@@ -23,7 +23,6 @@ Conventions of the frame `load_trials` returns (the rest of `analysis` relies on
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from urllib.parse import unquote
 

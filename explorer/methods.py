@@ -15,7 +15,7 @@ silently divide the KD term by the number of classes (seed 001, note on the KL r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

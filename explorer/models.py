@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import re
-from functools import partial
 from typing import Callable, NamedTuple
 
 import torch

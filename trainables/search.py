@@ -10,7 +10,6 @@ ones continue from their last checkpoint, and their MLflow runs are reopened, no
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import urllib.error
@@ -18,7 +17,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from explorer.data import load_splits
@@ -31,7 +29,6 @@ from explorer.tracking import (
 from .callbacks import MlflowTrialLogger, ProgressLine, trial_status
 from .plan import Plan, make_plan, trial_label
 from .student import FAULT_ENV, train_student
-
 
 
 @dataclass

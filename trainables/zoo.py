@@ -18,7 +18,6 @@ ends, FINISHED or FAILED. Ray must be initialised by the caller (local or cluste
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from dataclasses import dataclass
