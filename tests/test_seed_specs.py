@@ -59,3 +59,56 @@ def test_seed003_small_method_axis(tmp_path):
     assert methods["ckm"]["teacher_temperature"] == "0.7" and methods["dml"]["cohort"] == "2"
     assert methods["tf_kd_self"]["teacher"] == "cnn1d_w4"
     assert all(r.data.tags["status"] == "completed" for r in trials)
+
+
+def test_seed003_reversed_small_teacher_smaller_than_student(tmp_path):
+    trials, teachers = search(tmp_path, "seed003_reversed_small.yaml")
+    by_teacher = {r.data.params["teacher"]: r.data.params for r in trials}
+    assert set(by_teacher) == {"cnn1d_w4", "none"}  # the reversed-KD trial + the CE baseline
+    rekd = by_teacher["cnn1d_w4"]
+    assert rekd["method"] == "kd" and rekd["student"] == "cnn1d_w16"
+    assert 0 < float(rekd["capacity_ratio"]) < 1  # the teacher is smaller than the student
+    assert by_teacher["none"]["method"] == "ce"
+    assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"
+    assert all(r.data.tags["status"] == "completed" for r in trials)
+
+
+def test_seed004_sequential_small_generations_and_chain(tmp_path):
+    trials, teachers = search(tmp_path, "seed004_sequential_small.yaml")
+    assert len(trials) == 4 + 1  # four teacher entries + the CE baseline
+    by_teacher = {r.data.params["teacher"]: r for r in trials}
+    assert all(r.data.tags["status"] == "completed" for r in trials)
+    # each distinct teacher built once: w8, w8^1, w8^2, w16, w8<w16
+    keys = [r.data.tags["teacher_key"] for r in teachers]
+    assert len(teachers) == 5 and len(set(keys)) == 5, keys
+    assert all(r.info.status == "FINISHED" for r in teachers)
+    parent = {r.data.tags["teacher_key"]: r.data.params["parent_key"] for r in teachers}
+    assert sorted(parent.values()).count("none") == 2  # the scratch w8 and w16
+    # born-again generations: w8^2 <- w8^1 <- w8, each link recorded in the recipe
+    gen = by_teacher["cnn1d_w8^2"].data.params
+    assert gen["teacher_kind"] == "distilled"
+    chain = gen["teacher_chain"].split("<")
+    assert len(chain) == 3 and chain[0] == by_teacher["cnn1d_w8^2"].data.tags["teacher_key"]
+    assert [parent[k] for k in chain] == chain[1:] + ["none"]
+    assert chain[-1] == by_teacher["cnn1d_w8"].data.tags["teacher_key"]  # generation 0 is the scratch w8
+    # large -> medium -> small: the medium teacher's parent is the large (w16) teacher the large -> small row uses
+    takd = by_teacher["cnn1d_w8<cnn1d_w16"].data.params
+    assert takd["teacher_kind"] == "distilled"
+    medium, large = takd["teacher_chain"].split("<")
+    assert parent[medium] == large == by_teacher["cnn1d_w16"].data.tags["teacher_key"] and parent[large] == "none"
+    for name in ("cnn1d_w8", "cnn1d_w16"):
+        assert by_teacher[name].data.params["teacher_kind"] == "plain"
+        assert by_teacher[name].data.params["teacher_chain"] == by_teacher[name].data.tags["teacher_key"]
+    assert by_teacher["none"].data.params["method"] == "ce"
+    assert by_teacher["none"].data.params["teacher_chain"] == "none"
+
+
+def test_seed000_online_small_kd_dml_one(tmp_path):
+    trials, teachers = search(tmp_path, "seed000_online_small.yaml")
+    assert all(r.data.tags["status"] == "completed" for r in trials)
+    methods = {r.data.params["method"]: r.data.params for r in trials}
+    assert set(methods) == {"kd", "dml", "one", "ce"} and len(trials) == 4
+    assert methods["kd"]["teacher"] == "cnn1d_w16"
+    for online in ("dml", "one"):  # trained without the teacher
+        assert methods[online]["teacher"] == "none" and methods[online]["teacher_chain"] == "none"
+    assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"  # built for kd only
