@@ -382,6 +382,11 @@ def _capacity_words(cap: ss.Answer) -> list[str]:
                   f"{'is' if f['best_is_most_accurate'] else 'is not'} the best teacher.")
         if not _nan(f.get("baseline_val_acc")):
             s += f" CE-only baseline: mean val acc {acc(f['baseline_val_acc'])} over {_plural(f['n_baseline'], 'run')}."
+        for t in f.get("teachers_not_completed", []):
+            how = ", ".join(f"{n} {st}" for st, n in t["statuses"].items())
+            s += (f" Not on the curve: `{t['teacher']}` had {_plural(t['n_trials'], 'trial')} and none completed ({how}); "
+                  f"its best student reached val acc {acc(t['best_val_acc'])} at epoch {t['at_epoch']}, before it "
+                  "was stopped.")
         out.append(s)
     return out
 

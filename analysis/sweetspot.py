@@ -275,8 +275,23 @@ def capacity_curve(df: pd.DataFrame) -> Answer:
             "best_is_most_accurate": (most_acc == names[peak]) if most_acc is not None else None,
             "baseline_val_acc": float(b["score"].mean()) if len(b) else math.nan,
             "n_baseline": int(len(b)),
+            "teachers_not_completed": _teachers_not_completed(df, student, names),
         }
     return Answer(table, plain(by_student))
+
+
+def _teachers_not_completed(df: pd.DataFrame, student: str, on_curve: list[str]) -> list[dict]:
+    """Teachers of `student` with trials but none completed (e.g. all pruned by ASHA): not on the
+    curve, but the user should know they were tried and how far their students got."""
+    d = df[(df["student"] == student) & (df["status"] != COMPLETED) & ~_no_teacher(df["teacher"])
+           & ~df["teacher"].isin(on_curve) & np.isfinite(df["val_acc"])]
+    out = []
+    for teacher, g in d.groupby("teacher"):
+        best = g.loc[g["val_acc"].idxmax()]
+        out.append({"teacher": teacher, "n_trials": int(len(g)),
+                    "statuses": {k: int(v) for k, v in g["status"].value_counts().items()},
+                    "best_val_acc": float(best["val_acc"]), "at_epoch": int(best["epochs_done"])})
+    return out
 
 
 # ------------------------------------------------------------------ 2. teacher stop epoch

@@ -657,3 +657,21 @@ def assert_balanced_html(page: str) -> None:
     c.feed(page)
     c.close()
     assert c.stack == []
+
+
+def test_teachers_whose_trials_never_completed_are_named_not_plotted(tmp_path):
+    """ASHA may stop every trial of a large teacher: it is off the curve, and the report says so."""
+    from analysis import capacity_curve, write_report
+
+    rows = [{"teacher": "t1", "teacher_params": 1e3, "val_acc": .5}, {"teacher": "t2", "teacher_params": 1e4, "val_acc": .6},
+            {"teacher": "t9", "teacher_params": 1e6, "status": "pruned", "val_acc": .41, "epochs_done": 2},
+            {"teacher": "t9", "teacher_params": 1e6, "status": "pruned", "val_acc": .44, "epochs_done": 3},
+            {"teacher": "t9", "teacher_params": 1e6, "status": "diverged", "val_acc": .1, "epochs_done": 1}]
+    ans = capacity_curve(frame(rows))
+    f = ans.by_student["s"]
+    assert f["teachers"] == ["t1", "t2"] and f["shape"] == "rises"
+    assert f["teachers_not_completed"] == [{"teacher": "t9", "n_trials": 3, "statuses": {"pruned": 2, "diverged": 1},
+                                            "best_val_acc": .44, "at_epoch": 3}]
+    paths = write_report(frame(rows), tmp_path, "t")
+    text = open(paths["markdown"]).read()
+    assert "Not on the curve: `t9` had 3 trials and none completed (2 pruned, 1 diverged)" in text
