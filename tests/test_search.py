@@ -42,6 +42,19 @@ def runs_of(uri: str, name: str):
     return client, client.search_runs([exp.experiment_id], max_results=1000)
 
 
+def completed_trials(uri: str, name: str) -> int:
+    """Completed trial runs so far (0 while the experiment does not exist yet)."""
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            return 0
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{STATUS_TAG} = 'completed'")
+    except Exception:  # the store is being created by the search
+        return 0
+    return len(runs)
+
+
 def by_role(runs, role):
     return [r for r in runs if r.data.tags.get(ROLE_TAG) == role]
 
@@ -105,21 +118,27 @@ def test_each_teacher_built_once_and_pruned_trials_told_to_optuna(searched):
 
 def test_interrupted_search_resumes_without_rebuilding_or_duplicating(tmp_path):
     spec = write_spec(tmp_path / "tiny.yaml", baseline=False,
-                      search=TINY["search"] | {"num_samples": 6, "asha": None}, student=TINY["student"] | {"epochs": 6})
-    proc = subprocess.Popen([*KDX, "search", str(spec)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in proc.stdout:  # interrupt once two trials are done
-            if "] done 2," in line:
-                proc.send_signal(signal.SIGINT)
-                break
-        out, _ = proc.communicate(timeout=120)
+                      search=TINY["search"] | {"num_samples": 8, "asha": None}, student=TINY["student"] | {"epochs": 6})
+    uri = f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}"
+    log = open(tmp_path / "search.log", "w+")
+    proc = subprocess.Popen([*KDX, "search", str(spec)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:  # interrupt (Ctrl-C) once two trials have completed, as MLflow records them
+        deadline = time.time() + 300
+        # Read MLflow only once the driver has created its store (the teacher lines come after that).
+        while proc.poll() is None and time.time() < deadline and (
+                " built" not in (tmp_path / "search.log").read_text() or completed_trials(uri, "tiny") < 2):
+            time.sleep(0.5)
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             stop_tree(proc)
+        log.seek(0)
+        out = log.read()
+        log.close()
     assert proc.returncode == 3, out[-3000:]
     assert "INTERRUPTED" in out
-    uri = f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}"
     _, runs = runs_of(uri, "tiny")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     done_before = {r.data.tags[TRIAL_ID_TAG] for r in by_role(runs, "trial") if r.data.tags[STATUS_TAG] == "completed"}
@@ -131,7 +150,7 @@ def test_interrupted_search_resumes_without_rebuilding_or_duplicating(tmp_path):
     client, runs = runs_of(uri, "tiny")
     trials = by_role(runs, "trial")
     ids = [r.data.tags[TRIAL_ID_TAG] for r in trials]
-    assert len(ids) == len(set(ids)) == 6  # the planned number, none twice
+    assert len(ids) == len(set(ids)) == 8  # the planned number, none twice
     assert len(by_role(runs, "teacher")) == teachers_before  # no teacher rebuilt
     assert len(by_role(runs, "search")) == 1  # the resumed search continues its parent run
     assert all(r.data.tags[STATUS_TAG] == "completed" for r in trials)
