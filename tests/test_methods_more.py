@@ -12,6 +12,7 @@ from explorer.data import DataSpec, load_splits
 from explorer.errors import KdxError
 from explorer.methods import METHODS, LossInputs, get_method
 from explorer.train import TrainConfig, Trainer
+from resume import full_and_resumed
 
 
 def softmax(z):
@@ -222,14 +223,7 @@ def splits():
 
 def test_dml_exact_resume(splits):
     cfg = TrainConfig(arch="cnn1d_w4", epochs=2, lr=0.05, schedule="cosine", method="dml")
-    full = Trainer(cfg, splits, "cpu")
-    full.run()
-    part = Trainer(cfg, splits, "cpu")
-    part.train_epoch()
-    state = part.state_dict()
-    resumed = Trainer(cfg, splits, "cpu")
-    resumed.load_state_dict(state)
-    resumed.run()
+    full, resumed = full_and_resumed(cfg, splits)
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     assert full.history[-1]["val_acc"] == resumed.history[-1]["val_acc"]
@@ -241,13 +235,7 @@ def test_ensemble_teacher_exact_resume(splits):
     from explorer.models import build_model
     teachers = [build_model("cnn1d_w8", 10, splits.input_shape) for _ in range(2)]
     cfg = TrainConfig(arch="cnn1d_w4", epochs=2, lr=0.05, schedule="cosine", method="mkd")
-    full = Trainer(cfg, splits, "cpu", teacher=teachers)
-    full.run()
-    part = Trainer(cfg, splits, "cpu", teacher=teachers)
-    part.train_epoch()
-    resumed = Trainer(cfg, splits, "cpu", teacher=teachers)
-    resumed.load_state_dict(part.state_dict())
-    resumed.run()
+    full, resumed = full_and_resumed(cfg, splits, teachers)
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(KdxError, match="teacher: got 'an ensemble of 2'"):

@@ -12,7 +12,8 @@ from explorer.data import DataSpec, load_splits
 from explorer.errors import KdxError
 from explorer.methods import LossInputs, get_method
 from explorer.models import MultiBranch, build_model, split_trunk_head
-from explorer.train import TrainConfig, Trainer
+from explorer.train import TrainConfig
+from resume import full_and_resumed
 
 
 def softmax(z):
@@ -131,13 +132,7 @@ def splits():
 
 def test_one_exact_resume(splits):
     cfg = TrainConfig(arch="cnn1d_w4", epochs=2, lr=0.05, schedule="cosine", method="one")
-    full = Trainer(cfg, splits, "cpu")
-    full.run()
-    part = Trainer(cfg, splits, "cpu")
-    part.train_epoch()
-    resumed = Trainer(cfg, splits, "cpu")
-    resumed.load_state_dict(part.state_dict())
-    resumed.run()
+    full, resumed = full_and_resumed(cfg, splits)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert list(a) == list(b) and any(k.startswith("gate.") for k in a)
     for k in a:
