@@ -234,6 +234,17 @@ def _plot_capacity(cap: ss.Answer, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _annotated_heatmap(fig, ax, grid: np.ndarray, labels: np.ndarray, cmap: str, bar: str, fontsize: int,
+                       origin: str = "upper") -> None:
+    """Colour the finite cells of `grid` and write `labels` in them, dark text on light cells."""
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", origin=origin)
+    fig.colorbar(im, ax=ax, label=bar)
+    for (i, j), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(j, i, labels[i, j], ha="center", va="center", fontsize=fontsize,
+                    color="white" if v < np.nanmean(grid) else "black")
+
+
 def _plot_stop(stop_ans: ss.Answer, path: Path) -> Path | None:
     students = sorted(stop_ans.by_student)
     if not students:
@@ -244,17 +255,12 @@ def _plot_stop(stop_ans: ss.Answer, path: Path) -> Path | None:
         teachers = list(dict.fromkeys(t["teacher"]))
         stops = sorted(t["teacher_stop_epoch"].unique())
         grid = np.full((len(teachers), len(stops)), np.nan)
-        full = np.zeros_like(grid, dtype=bool)
+        labels = np.full(grid.shape, "", dtype=object)
         for _, r in t.iterrows():
             i, j = teachers.index(r["teacher"]), stops.index(r["teacher_stop_epoch"])
-            grid[i, j], full[i, j] = r["val_acc"], r["full"] is True
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
-        fig.colorbar(im, ax=ax, label="student val acc")
-        for i in range(len(teachers)):
-            for j in range(len(stops)):
-                if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.3f}{'*' if full[i, j] else ''}", ha="center", va="center",
-                            fontsize=8, color="white" if grid[i, j] < np.nanmean(grid) else "black")
+            grid[i, j] = r["val_acc"]
+            labels[i, j] = f"{r['val_acc']:.3f}{'*' if r['full'] is True else ''}"
+        _annotated_heatmap(fig, ax, grid, labels, "viridis", "student val acc", 8)
         ax.set_xticks(range(len(stops)), [num(s) for s in stops])
         ax.set_yticks(range(len(teachers)), teachers)
         ax.set_xlabel("teacher stop epoch (* = fully trained)")
@@ -273,17 +279,11 @@ def _plot_ta(ta: ss.Answer, path: Path) -> Path | None:
         ts = list(dict.fromkeys(t.sort_values("T_lo")["T_bin"]))
         al = list(dict.fromkeys(t.sort_values("alpha_lo")["alpha_bin"]))
         grid = np.full((len(ts), len(al)), np.nan)
-        counts = np.zeros_like(grid, dtype=int)
+        labels = np.full(grid.shape, "", dtype=object)
         for _, r in t.iterrows():
             i, j = ts.index(r["T_bin"]), al.index(r["alpha_bin"])
-            grid[i, j], counts[i, j] = r["mean"], r["n"]
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap="magma", aspect="auto", origin="lower")
-        fig.colorbar(im, ax=ax, label="mean student val acc")
-        for i in range(len(ts)):
-            for j in range(len(al)):
-                if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.3f}\nn={counts[i, j]}", ha="center", va="center", fontsize=7,
-                            color="white" if grid[i, j] < np.nanmean(grid) else "black")
+            grid[i, j], labels[i, j] = r["mean"], f"{r['mean']:.3f}\nn={int(r['n'])}"
+        _annotated_heatmap(fig, ax, grid, labels, "magma", "mean student val acc", 7, origin="lower")
         ax.set_xticks(range(len(al)), al, rotation=30)
         ax.set_yticks(range(len(ts)), ts)
         ax.set_xlabel("alpha")
