@@ -1,4 +1,5 @@
-"""Tests for explorer/data.py: splits, conditions, datasets, batching and augmentation.
+"""Tests for explorer/data.py, explorer/datasets.py and explorer/augment.py: splits, conditions,
+datasets (and their registry) and augmentation.
 
 Expected values are computed here independently (numpy, explicit slicing), not with the
 module's own helpers. Nothing is downloaded.
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import data as D
+from explorer import datasets as DS
 from explorer.data import (
-    DATASETS, DataCondition, DataSpec, Splits, augment_batch, dataset_names, iterate_batches, load_splits,
+    DATASETS, DataCondition, DataSpec, Splits, augment_batch, dataset_names, load_splits, register_dataset,
 )
 from explorer.errors import KdxError
 
@@ -35,6 +36,29 @@ def test_registry_and_names():
     assert DATASETS["digits"].input_shape == (1, 8, 8)
     assert DATASETS["cifar10"].input_shape == (3, 32, 32) and DATASETS["cifar10"].augment == "crop_flip"
     assert DATASETS["cifar100"].num_classes == 100
+
+
+def test_register_dataset_plugin(monkeypatch):
+    # a plugin registers where it is defined and goes through the same load_splits as the built-ins
+    monkeypatch.setattr(DS, "DATASETS", dict(DS.DATASETS))  # keep the real registry untouched
+    monkeypatch.setattr("explorer.data.DATASETS", DS.DATASETS)
+
+    @DS.register_dataset("toy3", "three classes of constant vectors", 3, (1, 5))
+    def _toy(spec):
+        x = torch.arange(60, dtype=torch.float32)[:, None, None].expand(60, 1, 5).contiguous()
+        y = torch.arange(60) % 3
+        return x, y, x[:9].clone(), y[:9].clone()
+
+    assert "toy3" in DS.dataset_names() and DS.DATASETS["toy3"].loader is _toy
+    s = load_splits(DataSpec("toy3", val_fraction=0.1, condition=DataCondition(omit_classes=(2,))))
+    assert s.input_shape == (1, 5) and s.augment == "none" and s.num_classes == 3
+    assert np.array_equal(np.bincount(s.val_y.numpy(), minlength=3), [2, 2, 2])
+    assert len(s.train_y) == 36 and not (s.train_y == 2).any()
+    with pytest.raises(ValueError, match="toy3.*already registered"):
+        DS.register_dataset("toy3", "again", 3, (1, 5))
+    with pytest.raises(ValueError, match="mixup"):
+        DS.register_dataset("toy4", "bad augment", 3, (1, 5), augment="mixup")
+    assert register_dataset is DS.register_dataset
 
 
 def test_identity_excludes_location_and_tracks_condition():
@@ -250,7 +274,7 @@ def test_mnist1d_shapes_and_cache(mnist1d_dir, monkeypatch):
     assert len(files) == 1 and not list(d.glob("*.tmp"))
     assert files[0].stat().st_mode & 0o044 == 0o044  # readable by others (shared cache)
     # the second load must come from the cache: generation is disabled
-    monkeypatch.setattr(D, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
+    monkeypatch.setattr(DS, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
     t0 = time.perf_counter()
     s2 = load_splits(DataSpec("mnist1d", data_dir=str(d)))
     assert time.perf_counter() - t0 < 1.0
@@ -280,7 +304,7 @@ def test_mnist1d_default_cache_dir_from_env(mnist1d_dir, tmp_path, monkeypatch):
     src = next(d.glob("mnist1d_*.npz"))
     (tmp_path / src.name).write_bytes(src.read_bytes())
     monkeypatch.setenv("KDX_CACHE", str(tmp_path))
-    monkeypatch.setattr(D, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
+    monkeypatch.setattr(DS, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
     s2 = load_splits(DataSpec("mnist1d"))
     assert torch.equal(s2.test_x, s.test_x)
 
@@ -477,46 +501,3 @@ def test_augment_bad_input():
         augment_batch(torch.zeros(2, 1, 4, 4), _gen("cpu", 0), padding=4)
     with pytest.raises(KdxError):
         augment_batch(torch.zeros(2, 40), _gen("cpu", 0))
-
-
-# ----------------------------------------------------------------------------- batches
-@pytest.mark.parametrize("device", DEVICES)
-def test_iterate_batches_covers_each_index_once(device):
-    n, bs = 103, 10
-    x = torch.arange(n, dtype=torch.float32, device=device)[:, None]
-    y = torch.arange(n, device=device)
-    batches = list(iterate_batches(x, y, bs, generator=_gen(device, 0)))
-    assert [len(b[1]) for b in batches] == [10] * 10 + [3]
-    seen = torch.cat([b[1] for b in batches]).cpu()
-    assert sorted(seen.tolist()) == list(range(n))
-    assert not torch.equal(seen, torch.arange(n))  # shuffled
-    for xb, yb in batches:
-        assert torch.equal(xb[:, 0].long(), yb) and xb.device.type == device
-    again = torch.cat([b[1] for b in iterate_batches(x, y, bs, generator=_gen(device, 0))]).cpu()
-    other = torch.cat([b[1] for b in iterate_batches(x, y, bs, generator=_gen(device, 1))]).cpu()
-    assert torch.equal(seen, again) and not torch.equal(seen, other)
-    ordered = torch.cat([b[1] for b in iterate_batches(x, y, bs, shuffle=False)]).cpu()
-    assert torch.equal(ordered, torch.arange(n))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_iterate_batches_with_augment_keeps_labels(device):
-    # constant images stay constant under crop/flip: the value identifies the sample
-    n = 50
-    y = torch.arange(n, device=device) % 10
-    x = torch.arange(n, dtype=torch.float32, device=device)[:, None, None, None].expand(n, 3, 8, 8).contiguous()
-    got = list(iterate_batches(x, y, 16, generator=_gen(device, 0), augment="crop_flip"))
-    assert [len(b[0]) for b in got] == [16, 16, 16, 2]
-    for xb, yb in got:
-        assert xb.shape[1:] == (3, 8, 8)
-        ids = xb[:, 0, 0, 0].long()
-        assert torch.equal(ids % 10, yb)
-        assert torch.equal(xb, ids.float()[:, None, None, None].expand_as(xb))
-
-
-def test_iterate_batches_bad_args():
-    x, y = torch.zeros(4, 1), torch.zeros(4, dtype=torch.long)
-    with pytest.raises(KdxError, match="batch_size"):
-        list(iterate_batches(x, y, 0))
-    with pytest.raises(KdxError, match="augment"):
-        list(iterate_batches(x, y, 2, augment="mixup"))

@@ -203,6 +203,42 @@ def test_models_train_backward():
     logits, feats = model(torch.randn(4, 3, 16, 16), features=True)
     (logits.sum() + feats[1].mean()).backward()
     assert model.conv1.weight.grad is not None
+    for p in model.parameters():  # the logits reach every parameter
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+# The modules that compute each entry of feats, in order (written from the architectures).
+_STAGES = {
+    "resnet8": ((3, 16, 16), [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"]]),
+    "wrn_10_1": ((3, 16, 16), [["conv1"], ["block1"], ["block2"], ["block3"]]),
+    "cnn1d_w4": ((1, 40), [["convs.0"], ["convs.1"], ["convs.2"]]),
+    "mlp_8x3": ((1, 40), [["hidden.0"], ["hidden.1"], ["hidden.2"]]),
+}
+
+
+@pytest.mark.parametrize("name", list(_STAGES))
+def test_features_are_wired_to_their_stages(name):
+    # A loss on feats[i] alone must reach every parameter of the stem and stages up to i with a
+    # finite, non-zero gradient, and no parameter of a later stage or of the classifier: so feats[i]
+    # is the output of stage i, not of a neighbour (and not detached).
+    shape, stages = _STAGES[name]
+    torch.manual_seed(0)
+    model = build_model(name, 10, shape).train()
+    x = torch.randn(4, *shape)
+    for i in range(len(stages)):
+        model.zero_grad(set_to_none=True)
+        _, feats = model(x, features=True)
+        feats[i].square().mean().backward()
+        for j, stage in enumerate(stages):
+            for path in stage:
+                for pname, p in model.get_submodule(path).named_parameters():
+                    where = f"{name}: feats[{i}] -> {path}.{pname}"
+                    if j <= i:
+                        assert p.grad is not None and torch.isfinite(p.grad).all(), where
+                        assert p.grad.abs().sum() > 0, where
+                    else:
+                        assert p.grad is None, where
+        assert model.fc.weight.grad is None and model.fc.bias.grad is None
 
 
 def test_deterministic_under_seed():
@@ -258,6 +294,40 @@ def test_bad_num_classes_and_shapes_raise():
         build_model("cnn1d_w4", 10, (1, 2))
     with pytest.raises(KdxError):
         build_model("mlp_4x1", 10, (1, 0))
+
+
+def test_a_family_plugs_in_by_pattern(monkeypatch):
+    from torch import nn
+    from explorer.models import KdxModel, allowed_archs, register_family, registry
+    monkeypatch.setattr(registry, "_FAMILIES", list(registry._FAMILIES))  # the real registry stays as is
+
+    class Linear(KdxModel):
+        def __init__(self, width, num_classes, fan_in):
+            super().__init__()
+            self.body, self.fc = nn.Linear(fan_in, width), nn.Linear(width, num_classes)
+
+        def _forward(self, x):
+            return self.fc(self.body(torch.flatten(x, 1)))
+
+    @register_family(rf"lin{registry.NUM}", input_family="any", allowed="lin<width>", examples=["lin3"])
+    def _lin(m):
+        return lambda num_classes, shape: Linear(int(m.group(1)), num_classes, shape[-1])
+
+    model = build_model("lin3", 4, (5,))
+    assert isinstance(model, Linear) and model.arch == "lin3" and count_params(model) == 5 * 3 + 3 + 3 * 4 + 4
+    assert model(torch.randn(2, 5)).shape == (2, 4)
+    assert is_known_model("lin3") and not is_known_model("lin03") and list_models()[-1] == "lin3"
+    assert allowed_archs().endswith(", mlp_<width>x<depth>, lin<width>")
+    with pytest.raises(KdxError, match="lin<width>"):
+        build_model("lin", 4, (5,))
+    with pytest.raises(ValueError, match="already registered"):
+        register_family(rf"lin{registry.NUM}", input_family="any", allowed="x", examples=[])
+    with pytest.raises(ValueError, match="input_family"):
+        register_family(r"other", input_family="video", allowed="x", examples=[])
+    # two families claiming one name is a bug in the families, never resolved by registration order
+    register_family(r"lin[0-9]", input_family="any", allowed="lin<digit>", examples=[])(_lin)
+    with pytest.raises(RuntimeError, match="several families"):
+        build_model("lin3", 4, (5,))
 
 
 def test_list_models_all_known_and_complete():
