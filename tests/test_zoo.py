@@ -1,9 +1,12 @@
 """Tests for trainables.zoo and `kdx teachers`: real local Ray (2 CPUs), real MLflow (SQLite in
 tmp_path), real training of tiny teachers on the bundled digits."""
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,12 +14,14 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from explorer import cli
+from kdx import cli
 from explorer.data import DataSpec
-from explorer.store import TeacherRecipe, TeacherStore, lock_registry
+from explorer.errors import KdxError
+from explorer.store import TeacherRecipe, TeacherStore, TeacherStoreWarning
 from explorer.tracking import ROLE_TAG, ROLE_TEACHER, TEACHER_KEY_TAG
 from explorer.train import TrainConfig
 from trainables import zoo
+from trainables.locks import lock_registry, ray_key_lock, store_lock
 from trainables.zoo import build_zoo
 
 
@@ -138,7 +143,7 @@ def test_ray_lock_builds_once_across_tasks(local_ray, tmp_path):
     """The object-store path: the lock is the named Ray actor, not a file."""
     root = str(tmp_path / "teachers")
     r = recipe("mlp_24x1", epochs=3, batch_size=16)
-    refs = [zoo._build_remote.remote(r, [2], root, "ray", None, None, 1) for _ in range(2)]
+    refs = [zoo._build_remote.remote(r, [2], root, "ray", 1) for _ in range(2)]
     outs = ray.get(refs)
     assert sorted(o["status"] for o in outs) == ["built", "reused"]
     assert outs[0]["record"].checkpoints == outs[1]["record"].checkpoints
@@ -155,9 +160,50 @@ def test_ray_lock_builds_once_across_tasks(local_ray, tmp_path):
     assert not ray.get(actor.release.remote("k", "a")) and ray.get(actor.release.remote("k", "b"))
 
 
-def test_build_zoo_validates_before_any_task(local_ray, tmp_path):
-    from explorer.errors import KdxError
+def test_store_uses_the_injected_lock_and_warns_without_one_on_object_stores(tmp_path):
+    """explorer takes its build lock from outside; on an object store with none injected it says so."""
+    held = []
 
+    @contextlib.contextmanager
+    def provider(key):
+        held.append(key)
+        yield
+
+    r = recipe("mlp_16x1", epochs=1)
+    store = TeacherStore(str(tmp_path / "teachers"), lock=provider)
+    assert store.ensure(r, [])[1] and held == [r.key()]
+    assert not (tmp_path / "teachers" / f"{r.key()}.lock").exists()  # the default file lock was not used
+    with pytest.raises(KdxError, match="lock: got 'ray'; allowed: a callable"):
+        TeacherStore(str(tmp_path / "other"), lock="ray")
+    # pyarrow's in-memory mock:// filesystem stands in for an object store: no lock file is possible.
+    mem = TeacherStore("mock:///teachers")
+    assert not mem.local
+    with pytest.warns(TeacherStoreWarning, match="no cross-process lock"):
+        rec, built = mem.ensure(r, [])
+    assert built and mem.verify() == [] and mem.load_model(rec.key)[1]["epoch"] == 1
+    assert held == [r.key()]
+
+
+def test_the_store_needs_no_ray():
+    """The lock lives on the Ray side: importing the store (recipe, storage) loads no Ray module."""
+    code = "import sys, explorer.store; assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'ray'"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=repo))
+
+
+def test_store_lock_choice(local_ray, tmp_path):
+    """What build tasks inject: the Ray lock registry on object stores, the file lock elsewhere."""
+    assert store_lock("auto", str(tmp_path)) is None and store_lock("auto", f"file://{tmp_path}") is None
+    assert store_lock("auto", "s3://bucket/teachers") is ray_key_lock
+    assert store_lock("ray", str(tmp_path)) is ray_key_lock
+    assert store_lock("file", str(tmp_path)) is None
+    with pytest.raises(KdxError, match="lock: got 'file'; a file lock needs a local or shared-filesystem store"):
+        store_lock("file", "s3://bucket/teachers")
+    with pytest.raises(KdxError, match="lock: got 'nfs'; allowed: auto, file, ray"):
+        store_lock("nfs", str(tmp_path))
+
+
+def test_build_zoo_validates_before_any_task(local_ray, tmp_path):
     with pytest.raises(KdxError, match="stop_epochs: got 9"):
         build_zoo([(recipe("mlp_16x1"), [9])], str(tmp_path))
     with pytest.raises(KdxError, match="gpus_per_teacher"):
@@ -194,9 +240,11 @@ def test_killed_build_without_retries_is_reported_failed(local_ray, tmp_path):
     store_root = tmp_path / "teachers"
     r = recipe("mlp_16x1", epochs=30, batch_size=8)
     manifest = store_root / r.key() / "manifest.json"
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     out = {}
     thread = threading.Thread(target=lambda: out.update(res=build_zoo([(r, [1]), (recipe("mlp_16x1", epochs=2), [])],
-                                                                      str(store_root), retries=0)))
+                                                                      str(store_root), retries=0, tracking_uri=uri,
+                                                                      experiment="killed")))
     thread.start()
     deadline = time.time() + 90
     while not manifest.exists():
@@ -207,3 +255,7 @@ def test_killed_build_without_retries_is_reported_failed(local_ray, tmp_path):
     killed, other = out["res"]
     assert killed.status == "failed" and "Worker" in killed.error and killed.record is None
     assert other.status == "built"
+    # The driver writes the runs, so a killed worker leaves no run stuck RUNNING: its failure is recorded.
+    runs = {r.data.tags[TEACHER_KEY_TAG]: r for r in _runs(uri, "killed")[1]}
+    assert runs[killed.key].info.status == "FAILED" and "Worker" in runs[killed.key].data.tags["error"]
+    assert runs[other.key].info.status == "FINISHED" and len(runs) == 2

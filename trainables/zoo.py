@@ -10,13 +10,24 @@ worker) is retried `retries` times, resuming from the last checkpoint the store 
 the last retry its teacher is reported "failed" with the cause while the other teachers carry on.
 A bad recipe (a KdxError, e.g. missing data) is deterministic and is reported without retries.
 
-Each build task logs one MLflow run (when `tracking_uri` is given): tags `kdx.role=teacher` and
-`teacher_key`, the flattened recipe as params, per-epoch metrics (step = epoch); the run always
-ends, FINISHED or FAILED. Ray must be initialised by the caller (local or cluster).
+Tasks only build: each returns, as plain data, its record and the per-epoch metrics it trained (with
+their times). The driver writes MLflow, as tasks finish (`ray.wait`), when `tracking_uri` is given:
+one run per teacher built or failed here, with tags `kdx.role=teacher` and `teacher_key`, the
+flattened recipe as params, per-epoch metrics (step = epoch), start and end times of the build, and
+an end status FINISHED or FAILED (tag `error`). So MLflow has one writer (a SQLite store is not
+written from every node), workers need no route to the tracking server, and a worker killed mid-build
+leaves no run stuck RUNNING: the driver records its failure. A teacher reused (already complete, or
+built meanwhile by another process) gets no new run: the run of the build that made it stands.
+Ray must be initialised by the caller (local or cluster).
+
+Locks: a task's store gets the lock `trainables.locks.store_lock(lock, root)` chooses: by default
+("auto") the store's file lock on local and shared-filesystem roots, the Ray lock registry on object
+stores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -28,6 +39,8 @@ from explorer.errors import KdxError, bad_value
 from explorer.store import (TeacherRecipe, TeacherRecord, TeacherStore, check_stop_epochs,
                             default_store_root)
 from explorer.tracking import ROLE_TAG, ROLE_TEACHER, TEACHER_KEY_TAG, absolute_tracking_uri
+
+from .locks import store_lock
 
 __all__ = ["ZooResult", "build_zoo", "default_store_root", "flatten"]
 
@@ -61,77 +74,40 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-# ------------------------------------------------------------------ MLflow logging of one build
+# ------------------------------------------------------------------ one build (a Ray task)
 
 
-class _TeacherRun:
-    """One MLflow run for one build attempt, through an MlflowClient with an explicit URI."""
-
-    def __init__(self, tracking_uri: str, experiment_id: str, recipe: TeacherRecipe, stop_epochs: list[int]):
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        key = recipe.key()
-        tags = {ROLE_TAG: ROLE_TEACHER, TEACHER_KEY_TAG: key, "teacher_label": recipe.label(),
-                "arch": recipe.train.arch, "dataset": recipe.data.dataset}
-        run = self.client.create_run(experiment_id, run_name=f"teacher {recipe.label()} {key}", tags=tags)
-        self.run_id = run.info.run_id
-        params = flatten(recipe.canonical()) | {"teacher_key": key, "stop_epochs": ",".join(map(str, stop_epochs))}
-        items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
-
-    def log_epoch(self, epoch: int, metrics: dict) -> None:
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, epoch) for k, v in metrics.items()
-                 if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        try:
-            self.client.log_batch(self.run_id, metrics=items)
-        except Exception as e:  # a tracking hiccup must not throw away a teacher being trained
-            log.warning("could not log epoch %d of MLflow run %s: %s", epoch, self.run_id, e)
-
-    def end(self, status: str, **tags) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v)[:5000])
-        self.client.set_terminated(self.run_id, status)
-
-    def discard(self) -> None:
-        self.client.delete_run(self.run_id)
+def _ms() -> int:
+    return int(time.time() * 1000)
 
 
-def _build_one(recipe: TeacherRecipe, stop_epochs: list[int], store_root: str, lock: str,
-               tracking_uri: str | None, experiment_id: str | None, cpus: float) -> dict:
-    """Body of one build task. A KdxError is returned (not raised) so that Ray does not retry it."""
+def _numbers(metrics: dict) -> dict[str, float]:
+    """The metrics MLflow can take (plain numbers; `epoch` is the step, not a metric)."""
+    return {k: float(v) for k, v in metrics.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _build_one(recipe: TeacherRecipe, stop_epochs: list[int], store_root: str, lock: str, cpus: float) -> dict:
+    """Body of one build task: builds, logs nothing; returns plain data for the driver: `status`,
+    `record`, `error`, `history` ([epoch, time in ms, {metric: value}] per epoch trained here),
+    `started` and `ended` (ms). A KdxError is returned (not raised) so that Ray does not retry it."""
     import torch
 
     torch.set_num_threads(max(1, int(cpus)))
-    store = TeacherStore(store_root, lock=lock)
+    started = _ms()
+    store = TeacherStore(store_root, lock=store_lock(lock, store_root))
     record = store.complete(recipe, stop_epochs)
     if record is not None:  # built meanwhile by someone else
         return {"status": REUSED, "record": record}
-    run = _TeacherRun(tracking_uri, experiment_id, recipe, stop_epochs) if tracking_uri else None
+    history: list = []
     try:
-        record, built = store.ensure(recipe, stop_epochs, on_epoch=run.log_epoch if run else None)
+        record, built = store.ensure(recipe, stop_epochs,
+                                     on_epoch=lambda epoch, m: history.append([epoch, _ms(), _numbers(m)]))
     except KdxError as e:
-        if run:
-            run.end("FAILED", error=str(e))
-        return {"status": FAILED, "error": str(e)}
-    except BaseException as e:
-        if run:
-            try:
-                run.end("FAILED", error=f"{type(e).__name__}: {e}")
-            except Exception:  # the original error matters more
-                log.warning("could not end MLflow run %s", run.run_id)
-        raise
-    if run:
-        if built:
-            run.end("FINISHED", stop_epochs=",".join(map(str, record.stop_epochs)))
-        else:
-            run.discard()  # another process built it while we waited for the lock
-    return {"status": BUILT if built else REUSED, "record": record}
+        return {"status": FAILED, "error": str(e), "history": history, "started": started, "ended": _ms()}
+    # Not built: another process built it while we waited for the lock (its run stands).
+    return {"status": BUILT if built else REUSED, "record": record, "history": history, "started": started,
+            "ended": _ms()}
 
 
 _build_remote = ray.remote(_build_one)
@@ -176,7 +152,8 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
             merged[key][1].update(wanted)
         else:
             merged[key] = (recipe, set(wanted))
-    store = TeacherStore(store_root, lock=lock)
+    store_lock(lock, store_root, check_ray=False)  # a bad lock kind fails here, not in every task
+    store = TeacherStore(store_root)  # the driver only reads: no lock
     tracking_uri = absolute_tracking_uri(tracking_uri)
 
     results: dict[str, ZooResult] = {}
@@ -190,15 +167,13 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
     if todo:
         if not ray.is_initialized():
             raise KdxError("build_zoo: Ray is not running; call ray.init() (or pass --address) first.")
-        experiment_id = None
-        if tracking_uri:
-            experiment_id = _experiment_id(tracking_uri, experiment or DEFAULT_TEACHER_EXPERIMENT)
+        runs = _TeacherRuns(tracking_uri, experiment or DEFAULT_TEACHER_EXPERIMENT) if tracking_uri else None
         task = _build_remote.options(num_cpus=cpus_per_teacher, num_gpus=gpus_per_teacher, max_retries=retries,
                                      retry_exceptions=True)
         # Distilled teachers need their parent first: a teacher starts as soon as its parent (if any,
         # and if it is being built here) has finished; teachers whose parent failed fail without running.
         waiting = list(todo)
-        refs = {}
+        refs, launched = {}, {}
 
         def launch_ready():
             for key in list(waiting):
@@ -211,9 +186,8 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
                     results[key] = ZooResult(key, recipe.label(), FAILED, None,
                                              f"its parent teacher {parent} failed", tuple(sorted(stops)))
                     continue
-                ref = task.remote(recipe, sorted(stops), store.root, lock, tracking_uri, experiment_id,
-                                  cpus_per_teacher)
-                refs[ref] = key
+                ref = task.remote(recipe, sorted(stops), store.root, lock, cpus_per_teacher)
+                refs[ref], launched[ref] = key, _ms()
 
         launch_ready()
         pending = list(refs)
@@ -232,21 +206,67 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
                     out = ray.get(ref)
                 except Exception as e:  # the task's own error after its retries, or a lost worker/OOM
                     log.debug("teacher %s failed:\n%s", key, traceback.format_exc())
-                    out = {"status": FAILED, "error": _describe(e)}
+                    out = {"status": FAILED, "error": _describe(e), "started": launched[ref], "ended": _ms()}
                 results[key] = ZooResult(key, recipe.label(), out["status"], out.get("record"), out.get("error"),
                                          tuple(sorted(stops)))
+                if runs is not None and out["status"] != REUSED:
+                    runs.write(recipe, sorted(stops), out)
             before = set(refs)
             launch_ready()
             pending += [r for r in refs if r not in before]
     return [results[key] for key in merged]
 
 
-def _experiment_id(tracking_uri: str, name: str) -> str:
-    """Get or create the experiment once, in the driver (tasks only write runs into it)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+# ------------------------------------------------------------------ MLflow, on the driver
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+
+class _TeacherRuns:
+    """Writes one MLflow run per teacher build from what its task returned, through an MlflowClient
+    with an explicit URI. A tracking hiccup is logged, never raised: it must not throw away teachers."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = _experiment_id(self.client, experiment)
+
+    def write(self, recipe: TeacherRecipe, stop_epochs: list[int], out: dict) -> None:
+        from mlflow.entities import Metric, Param
+
+        key, run_id = recipe.key(), None
+        tags = {ROLE_TAG: ROLE_TEACHER, TEACHER_KEY_TAG: key, "teacher_label": recipe.label(),
+                "arch": recipe.train.arch, "dataset": recipe.data.dataset}
+        params = flatten(recipe.canonical()) | {"teacher_key": key, "stop_epochs": ",".join(map(str, stop_epochs))}
+        try:
+            run = self.client.create_run(self.experiment_id, start_time=out.get("started"), tags=tags,
+                                         run_name=f"teacher {recipe.label()} {key}")
+            run_id = run.info.run_id
+            items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i:i + 100])
+            metrics = [Metric(name, value, ts, int(epoch)) for epoch, ts, values in out.get("history", [])
+                       for name, value in values.items()]
+            for i in range(0, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            if out["status"] == BUILT:
+                end = {"stop_epochs": ",".join(map(str, out["record"].stop_epochs))}
+            else:
+                end = {"error": out.get("error") or "unknown error"}
+            for k, v in end.items():
+                self.client.set_tag(run_id, k, str(v)[:5000])
+            self.client.set_terminated(run_id, "FINISHED" if out["status"] == BUILT else "FAILED",
+                                       end_time=out.get("ended"))
+        except Exception as e:
+            log.warning("could not write the MLflow run of teacher %s: %s", key, e)
+            if run_id is not None:
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(run_id, "FAILED")
+
+
+def _experiment_id(client, name: str) -> str:
+    """Get or create the experiment once, in the driver."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
