@@ -15,91 +15,18 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import SCHEDULES, TrainConfig  # noqa: F401  (TrainConfig is part of this module's API)
 from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
-from .methods import LossInputs, check_method_params, get_method
+from .features import FeatureTap, feature_paths
+from .methods import LossInputs, get_method
 from .models import build_model, count_params
-
-
-# ---------------------------------------------------------------- learning-rate schedules
-
-
-def _multistep(cfg: "TrainConfig", epoch: int) -> float:
-    return cfg.lr_gamma ** sum(epoch >= m for m in cfg.milestones)
-
-
-def _cosine(cfg: "TrainConfig", epoch: int) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-
-
-def _early_stop(cfg: "TrainConfig", epoch: int) -> float:
-    """Seed 004 section 5.5: an n-epoch teacher drops its LR x0.2 every floor((n-5)/3) epochs."""
-    step = max(1, (cfg.epochs - 5) // 3)
-    return 0.2 ** (epoch // step)
-
-
-def _constant(cfg: "TrainConfig", epoch: int) -> float:
-    return 1.0
-
-
-# epoch here is the number of epochs already completed (0 for the first epoch).
-SCHEDULES: dict[str, Callable[["TrainConfig", int], float]] = {
-    "multistep": _multistep,
-    "cosine": _cosine,
-    "early_stop": _early_stop,
-    "constant": _constant,
-}
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines one training run, apart from the data (see `DataSpec`)."""
-
-    arch: str
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"
-    milestones: tuple[int, ...] = ()
-    lr_gamma: float = 0.2
-    seed: int = 0
-    method: str = "ce"
-    method_params: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.milestones = tuple(int(m) for m in self.milestones)
-
-    def validate(self) -> dict:
-        """Check every field; return the method's resolved hyperparameters."""
-        for name, low in (("epochs", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise bad_value(name, value, f"allowed: a whole number >= {low}")
-        for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise bad_value(name, value, "allowed: a number >= 0")
-        if self.schedule not in SCHEDULES:
-            raise bad_value("schedule", self.schedule, f"allowed: {', '.join(SCHEDULES)}")
-        bad = [m for m in self.milestones if not 1 <= m <= self.epochs]
-        if bad:
-            raise bad_value("milestones", bad[0], f"allowed: epochs between 1 and {self.epochs}")
-        return check_method_params(self.method, self.method_params, self.epochs)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
 
 
 class Diverged(KdxError):
@@ -173,19 +100,46 @@ class Trainer:
         # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode
         # forward gives the logits that are evaluated.
         self.model = self.method.build_student(cfg.arch, splits.num_classes, splits.input_shape, self.hp).to(self.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
-        )
-        schedule = SCHEDULES[cfg.schedule]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: schedule(cfg, e))
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.teacher = None  # one module, or a TeacherEnsemble of several
+        self.teacher_tap = None
         if teachers and self.method.needs_teacher:
             self._set_teacher(teachers)
+        # Feature-based methods read the student's (and teacher's) layers of their role through
+        # forward hooks, and may own modules sized from those layers (not part of the student).
+        self.student_tap = None
+        self.modules = None
+        if self.method.needs_features:
+            self.student_tap = FeatureTap(self.model, feature_paths(self.model, self.method.feature_role))
+            self.modules = self._build_method_modules()
+        params = list(self.model.parameters()) + (list(self.modules.parameters()) if self.modules is not None else [])
+        self.optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
+        )
+        schedule = SCHEDULES[cfg.schedule]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: schedule(cfg, e))
+
+    def _build_method_modules(self) -> nn.Module | None:
+        """Run one sample through the student (and teacher) to learn their feature shapes, then let the
+        method build its modules (seeded by the run's seed, after the student's own init)."""
+        x = self.splits.train_x[:2]
+        with torch.no_grad():
+            was = self.model.training
+            self.model.eval()
+            self.model(x)
+            self.model.train(was)
+            s_shapes = [tuple(f.shape[1:]) for f in self.student_tap.features]
+            t_shapes = None
+            if self.teacher_tap is not None:
+                self.teacher(x)
+                t_shapes = [tuple(f.shape[1:]) for f in self.teacher_tap.features]
+        self.student_tap.clear()
+        modules = self.method.build_modules(s_shapes, t_shapes, self.hp)
+        return modules.to(self.device) if modules is not None else None
 
     # ------------------------------------------------------------------ teacher
     def _set_teacher(self, teachers: list[nn.Module]) -> None:
@@ -195,6 +149,8 @@ class Trainer:
                 p.requires_grad_(False)
         self.teachers = teachers
         self.teacher = teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers)
+        if self.method.needs_features:
+            self.teacher_tap = FeatureTap(self.teacher, feature_paths(self.teacher, self.method.feature_role))
         s = self.splits
         self.teacher_val_acc, _, self.teacher_val_preds = evaluate(self.teacher, s.val_x, s.val_y)
         # Without augmentation the teacher sees the same inputs every epoch: run it once.
@@ -212,9 +168,9 @@ class Trainer:
                 return list(self.teacher_train_logits[:, idx]), None
             return self.teacher_train_logits[idx], None
         with _autocast(self.device):
-            if self.method.needs_features:
-                logits, feats = self.teacher(xb, features=True)
-                return logits.float(), [f.float() for f in feats]
+            if self.teacher_tap is not None:
+                logits = self.teacher(xb).float()
+                return logits, [f.float() for f in self.teacher_tap.features]
             if several:
                 return [t(xb).float() for t in self.teachers], None
             return self.teacher(xb).float(), None
@@ -224,6 +180,7 @@ class Trainer:
         """Everything needed to continue bit-for-bit; only tensors and plain types (weights_only-safe)."""
         return {
             "model": self.model.state_dict(),
+            "modules": self.modules.state_dict() if self.modules is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
@@ -234,6 +191,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if self.modules is not None:
+            self.modules.load_state_dict(state["modules"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
@@ -246,6 +205,8 @@ class Trainer:
         s, hp, method = self.splits, self.hp, self.method
         use_teacher = self.teacher is not None and method.uses_teacher(epoch, hp)
         self.model.train()
+        if self.modules is not None:
+            self.modules.train()
         sums: dict[str, Tensor] = {}
         total = torch.zeros((), device=self.device)
         n_seen = 0
@@ -256,12 +217,12 @@ class Trainer:
             if s.augment == "crop_flip":
                 xb = augment_batch(xb, self.generator)
             t_logits, t_feats = self._teacher_outputs(xb, idx) if use_teacher else (None, None)
+            if t_feats is not None:  # inference tensors cannot be saved for backward (e.g. an MSE target)
+                t_feats = [f.clone() for f in t_feats]
             with _autocast(self.device):
-                if method.needs_features:
-                    logits, feats = self.model(xb, features=True)
-                else:
-                    logits, feats = self.model(xb), None
-            terms = method.losses(LossInputs(logits, yb, epoch, t_logits, feats, t_feats), hp)
+                logits = self.model(xb)
+            feats = self.student_tap.features if self.student_tap is not None else None
+            terms = method.losses(LossInputs(logits, yb, epoch, t_logits, feats, t_feats, self.modules), hp)
             loss = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -280,10 +241,12 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} at epoch {epoch}; the run stopped.")
         metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
+        # Every loss term the method returned, as train_<term>; ce and kd always (0 when absent) so
+        # epochs with the KD term switched off keep one column.
         for k in ("ce", "kd"):
-            metrics[f"train_{k}"] = (sums[k] / n_seen).item() if k in sums else 0.0
+            metrics[f"train_{k}"] = 0.0
         for k, v in sums.items():
-            metrics.setdefault(f"train_{k}", (v / n_seen).item())
+            metrics[f"train_{k}"] = (v / n_seen).item()
         metrics.update(self._eval_metrics())
         metrics["epoch_seconds"] = seconds
         metrics["samples_per_second"] = n_seen / seconds if seconds > 0 else float("inf")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.cli import main
+from kdx.cli import main
 from explorer.data import DataSpec, load_splits
 from explorer.errors import KdxError
 from explorer.methods import METHODS, LossInputs, get_method
@@ -190,6 +190,9 @@ TRAIN_CASES = [
     ("takd", ["--teacher", "cnn1d_w8<cnn1d_w16"]), ("kd", ["--teacher", "cnn1d_w8^1", "--teacher-temperature", "2"]),
     ("dml", []),
 ]
+# The same teachers trained from another seed: a method that reads its teacher trains a different student.
+OTHER_TEACHER = {"tf_kd_self": "cnn1d_w4:s1", "ckm": "cnn1d_w8:s1", "wsl": "cnn1d_w8:s1",
+                 "mkd": "cnn1d_w8:s2,cnn1d_w8:s1", "takd": "cnn1d_w8:s1<cnn1d_w16", "kd": "cnn1d_w8:s1^1"}
 
 
 @pytest.mark.parametrize("method,extra", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
@@ -200,8 +203,15 @@ def test_kdx_train_every_method(tmp_path, capsys, method, extra):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["method"] == method and out["epoch"] == 2 and 0 <= out["test_acc"] <= 1
     assert np.isfinite(out["train_loss"])
+    # every method but plain label smoothing has a distillation term, and it is not zero
+    assert (out["train_kd"] > 0) == (method != "ls")
     if get_method(method).needs_teacher:
         assert out["teacher_kind"] in ("plain", "distilled", "ensemble")
+        other = [a for a in extra if a != "--teacher" and "cnn1d" not in a]
+        assert main([*argv[:-len(extra) or None], *other, "--teacher", OTHER_TEACHER[method]]) == 0
+        again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert again["teacher_key"] != out["teacher_key"]
+        assert again["train_loss"] != out["train_loss"] and again["train_kd"] != out["train_kd"]
 
 
 def test_kdx_train_refuses_misfits(tmp_path, capsys):
