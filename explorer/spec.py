@@ -1,150 +1,57 @@
 """The search spec: one YAML file says everything about a search (see searches/*.yaml).
 
-Searchable axes (each a fixed value, `{choice: [...]}`, `{uniform: [lo, hi]}`,
-`{loguniform: [lo, hi]}` or `{grid: [...]}`): `distill.method`, `distill.temperature`,
-`distill.alpha`, `distill.kd_stop_epoch`. Lists are axes too: `teachers.archs` (the size axis),
-`teachers.stop_epochs` (the early-stopping axis) and `seeds`; with more than one entry each is a
-choice (optuna, random) or a grid axis (grid).
+Searchable values (each fixed, `{choice: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`
+or `{grid: [...]}`; explorer/axes.py): every `distill` key (the method and every hyperparameter a
+registered method declares) and every field of the `student` section but `epochs` (ASHA's clock):
+`student.arch`, `student.lr`, `student.weight_decay`, ... Lists are axes too: `teachers.archs` (the
+size axis), `teachers.stop_epochs` (the early-stopping axis) and `seeds`; with more than one entry
+each is a choice (optuna, random) or a grid axis (grid). A searched student value is checked by the
+same field validator as a fixed one: every listed value and both ends of a range.
 
-`load_spec` and `validate_spec` turn every problem into one sentence naming the field, the value
-and what is allowed (a `KdxError`), before anything starts.
+`load_spec` and `parse_spec` turn every problem into one sentence naming the field, the value and
+what is allowed (a `KdxError`), before anything starts.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
 
-from .data import DataCondition, DataSpec, dataset_names
-from .errors import KdxError
-from .methods import METHODS, Method, get_method
+from .axes import Axis, as_axis, param_name, section_axes, set_path
+from .config import Recipe, Strict, TrainConfig
+from .data import DataCondition, DataSpec
+from .errors import KdxError, pydantic_sentence
+from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
-from .tracking import METHOD_PARAMS
-from .train import SCHEDULES, TrainConfig
+from .teachers import TEACHER_SYNTAX, parse_teacher, teacher_kind  # noqa: F401  (the spec's teacher syntax)
 
-AXES = ("method", *METHOD_PARAMS)
-
-TEACHER_SYNTAX = ("allowed: an architecture from `kdx models`, 'a<b' (a distilled from b; chains like 'a<b<c'), "
-                  "'a^g' (born-again generation g of a), 'a:sN' (teacher seed N), or such members joined by '+' "
-                  "(an ensemble)")
-
-
-def parse_teacher(text: str, seed: int, field: str = "teachers.archs") -> list[list[tuple[str, int]]]:
-    """Parse one teacher entry into its members; each member is a chain of (arch, seed) links, the
-    teacher that is used first, its own teacher next, down to the CE-trained root.
-
-    'a' -> [[(a, seed)]]; 'a<b' -> [[(a, seed), (b, seed)]]; 'a^2' -> [[(a, seed+2), (a, seed+1),
-    (a, seed)]] (generation k has seed + k, so generations start from different weights, as
-    born-again networks do); 'a:s3' -> seed 3; 'x+y' -> two members (an ensemble)."""
-    if not isinstance(text, str) or not text.strip():
-        raise KdxError(f"{field}: got {text!r}; {TEACHER_SYNTAX}.")
-    members = []
-    for member in text.replace(" ", "").split("+"):
-        chain: list[tuple[str, int]] = []
-        for link in member.split("<"):
-            gens, arch, link_seed = 0, link, seed
-            if "^" in arch:
-                arch, _, g = arch.partition("^")
-                if not g.isdigit():
-                    raise KdxError(f"{field}: got {text!r}; the generation after '^' must be a whole number; {TEACHER_SYNTAX}.")
-                gens = int(g)
-            if ":" in arch:
-                arch, _, sd = arch.partition(":")
-                if not (sd.startswith("s") and sd[1:].isdigit()):
-                    raise KdxError(f"{field}: got {text!r}; a seed is written ':s<N>', e.g. 'cnn1d_w16:s1'; {TEACHER_SYNTAX}.")
-                link_seed = int(sd[1:])
-            if not is_known_model(arch):
-                raise KdxError(f"{field}: got {text!r}; {arch!r} is not an architecture; {TEACHER_SYNTAX}.")
-            chain += [(arch, link_seed + k) for k in range(gens, -1, -1)]
-        members.append(chain)
-    return members
-
-
-def teacher_kind(members: list[list[tuple[str, int]]]) -> str:
-    """'ensemble' (several members), 'distilled' (a chain) or 'plain'."""
-    if len(members) > 1:
-        return "ensemble"
-    return "distilled" if len(members[0]) > 1 else "plain"
-
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Axis(Strict):
-    """One searchable value: exactly one of fixed / choice / uniform / loguniform / grid."""
-
-    fixed: Any = None
-    choice: list | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    grid: list | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self):
-        kinds = [k for k in ("choice", "uniform", "loguniform", "grid") if getattr(self, k) is not None]
-        if len(kinds) > 1:
-            raise ValueError(f"give one of choice, uniform, loguniform, grid, not {' and '.join(kinds)}")
-        for k in ("choice", "grid"):
-            if getattr(self, k) == []:
-                raise ValueError(f"{k} is empty; allowed: a non-empty list")
-        for k in ("uniform", "loguniform"):
-            r = getattr(self, k)
-            if r is not None and not r[0] < r[1]:
-                raise ValueError(f"{k} range {list(r)} is empty; allowed: [low, high] with low < high")
-            if k == "loguniform" and r is not None and r[0] <= 0:
-                raise ValueError(f"loguniform range {list(r)} must be positive")
-        return self
-
-    @property
-    def kind(self) -> str:
-        for k in ("choice", "uniform", "loguniform", "grid"):
-            if getattr(self, k) is not None:
-                return k
-        return "fixed"
-
-    def values(self) -> list:
-        """The discrete values this axis can take (the range ends for ranges)."""
-        if self.kind == "fixed":
-            return [self.fixed]
-        v = getattr(self, self.kind)
-        return list(v)
-
-
-def _axis(value) -> Axis:
-    if isinstance(value, Axis):
-        return value
-    if isinstance(value, dict):
-        return Axis(**value)
-    return Axis(fixed=value)
+# The distill keys: the method and every hyperparameter any registered method declares.
+AXES = ("method", *hparam_names())
 
 
 class DatasetSection(Strict):
-    name: str = "mnist1d"
-    data_dir: str | None = None
-    download: bool = False
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    split_seed: int = 0
-    label_noise: float = Field(0.0, ge=0, lt=1)
-    imbalance_gamma: float | None = Field(None, gt=0)
-    imbalance_max: int | None = Field(None, ge=1)
-    imbalance_min: int | None = Field(None, ge=1)
-    omit_classes: list[int] = []
+    """The `dataset:` section (and the `kdx train` data flags): field names and types only; the values
+    are checked by `DataSpec.validate` and `DataCondition.validate`, the one validator per field."""
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        if v not in dataset_names():
-            raise ValueError(f"allowed: {', '.join(dataset_names())}")
-        return v
+    name: str = Field("mnist1d", description="dataset name (see `kdx datasets`)")
+    data_dir: str | None = Field(None, description="directory with the dataset (CIFAR) or its cache")
+    download: bool = Field(False, description="download CIFAR into data_dir if missing")
+    val_fraction: float = Field(0.1, description="validation split carved from train")
+    split_seed: int = Field(0, description="seed of the validation split and the data conditions")
+    label_noise: float = Field(0.0, description="symmetric label-noise rate sigma (train only)")
+    imbalance_gamma: float | None = Field(None, description="power-law class imbalance gamma")
+    imbalance_max: int | None = Field(None, description="largest class count under imbalance")
+    imbalance_min: int | None = Field(None, description="smallest class count under imbalance")
+    omit_classes: list[int] = Field([], description="classes dropped from train, e.g. 3,7")
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(
+        """The checked DataSpec; KdxError naming `dataset.<field>`."""
+        spec = DataSpec(
             dataset=self.name, data_dir=self.data_dir, download=self.download,
             val_fraction=self.val_fraction, split_seed=self.split_seed,
             condition=DataCondition(
@@ -152,40 +59,12 @@ class DatasetSection(Strict):
                 imbalance_max=self.imbalance_max, imbalance_min=self.imbalance_min,
                 omit_classes=tuple(self.omit_classes)),
         )
-
-
-class Recipe(Strict):
-    """Optimiser and schedule of one training run (student or teacher)."""
-
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: str = "cosine"
-    milestones: list[int] = []
-    lr_gamma: float = Field(0.2, gt=0)
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v):
-        if v not in SCHEDULES:
-            raise ValueError(f"allowed: {', '.join(SCHEDULES)}")
-        return v
-
-    @model_validator(mode="after")
-    def _milestones(self):
-        bad = [m for m in self.milestones if not 1 <= m <= self.epochs]
-        if bad:
-            raise ValueError(f"milestone {bad[0]} is outside 1..epochs ({self.epochs})")
-        return self
-
-    def train_config(self, arch: str, seed: int, method: str = "ce", method_params: dict | None = None,
-                     **overrides) -> TrainConfig:
-        fields = self.model_dump() | overrides
-        fields["milestones"] = tuple(fields["milestones"])
-        return TrainConfig(arch=arch, seed=seed, method=method, method_params=method_params or {}, **fields)
+        try:
+            spec.validate()
+        except KdxError as e:
+            field, _, rest = str(e).partition(":")
+            raise KdxError(f"dataset.{'name' if field == 'dataset' else field}:{rest}") from None
+        return spec
 
 
 class StudentSection(Recipe):
@@ -263,31 +142,27 @@ class TeachersSection(Strict):
         return list(self.stop_epochs or [self.recipe.epochs])
 
 
-class DistillSection(Strict):
+def _as_axis(v):
+    try:
+        return as_axis(v)
+    except ValidationError as e:
+        raise ValueError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+class _DistillBase(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    # A value of null (the default) means the method's own default (see `kdx methods`).
-    method: Any = "kd"
-    temperature: Any = None
-    alpha: Any = None
-    kd_stop_epoch: Any = None
-    teacher_temperature: Any = None
-    epsilon: Any = None
-    delta: Any = None
-    confidence: Any = None
-    cohort: Any = None
-    branches: Any = None
-
-    @field_validator(*AXES, mode="after")
-    @classmethod
-    def _as_axis(cls, v):
-        try:
-            return _axis(v)
-        except ValidationError as e:
-            raise ValueError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
     def axes(self) -> dict[str, Axis]:
         return {name: getattr(self, name) for name in AXES}
+
+
+# One field per distill key, derived from the method registry; null (the default) means the method's
+# own default (see `kdx methods`).
+DistillSection = create_model(
+    "DistillSection", __base__=_DistillBase,
+    __validators__={"_as_axis": field_validator(*AXES, mode="after")(classmethod(lambda cls, v: _as_axis(v)))},
+    **{name: (Any, "kd" if name == "method" else None) for name in AXES},
+)
 
 
 class AshaSection(Strict):
@@ -328,19 +203,24 @@ class SearchSpec(Strict):
     search: SearchSection = SearchSection()
     resources: ResourcesSection = ResourcesSection()
 
+    # student fields given as axes ({"student.lr": Axis}); the section holds their first value
+    _student_axes: dict = PrivateAttr(default_factory=dict)
+    _source: dict = PrivateAttr(default_factory=dict)  # the mapping the spec was parsed from
+
     # ----------------------------------------------------------- cross-field checks
+    def value_axes(self) -> dict[str, Axis]:
+        """Every value that may be searched, by spec path (fixed ones included)."""
+        return {f"distill.{k}": a for k, a in self.distill.axes().items()} | self._student_axes
+
     def check(self) -> "SearchSpec":
         """Checks that need several sections; raises KdxError."""
-        try:
-            self.dataset.data_spec().condition.validate(_num_classes(self.dataset.name))
-        except KdxError as e:
-            raise KdxError(f"dataset.{e}") from None
-        axes = self.distill.axes()
+        if self.dataset.data_spec().val_fraction == 0:  # a search rule, on top of the field's own check
+            raise KdxError("dataset.val_fraction: got 0; allowed: a number in (0, 1) for a search, which chooses "
+                           "configs on the validation split, never on test.")
         algo = self.search.algorithm
-        for name, axis in axes.items():
-            where = f"distill.{name}"
-            if axis.kind in ("uniform", "loguniform") and name == "method":
-                raise KdxError(f"{where}: got {axis.kind}; allowed: a fixed method, a choice or a grid of methods.")
+        for where, axis in self.value_axes().items():
+            if axis.kind in ("uniform", "loguniform") and where in ("distill.method", "student.arch"):
+                raise KdxError(f"{where}: got {axis.kind}; allowed: a fixed value, a choice or a grid.")
             if axis.kind in ("uniform", "loguniform") and algo == "grid":
                 raise KdxError(f"{where}: got a {axis.kind} range with search.algorithm grid; "
                                "allowed: a fixed value or a grid.")
@@ -349,6 +229,7 @@ class SearchSpec(Strict):
                                "a choice or a range (or set search.algorithm to grid or random).")
             if axis.kind == "choice" and algo == "grid":
                 raise KdxError(f"{where}: got a choice with search.algorithm grid; allowed: a fixed value or a grid.")
+        axes = self.distill.axes()
         for method in axes["method"].values():
             if method not in METHODS:
                 raise KdxError(f"distill.method: got {method!r}; allowed: {', '.join(sorted(METHODS))}.")
@@ -356,8 +237,7 @@ class SearchSpec(Strict):
         for method in axes["method"].values():
             m = get_method(method)
             for hp in m.hparams:
-                axis = axes.get(hp.name)
-                for v in (axis.values() if axis else []):
+                for v in axes[hp.name].values():
                     if v is None:
                         continue  # the method's default
                     try:
@@ -365,18 +245,18 @@ class SearchSpec(Strict):
                     except KdxError as e:
                         raise KdxError(f"distill.{e}") from None
         self.teachers.distill_method()
-        entries = self.teachers.entries()
+        students = self.student_archs()
         for method in axes["method"].values():
             m = get_method(method)
             if not m.needs_teacher:
                 continue
-            for entry in entries:
+            for entry in self.teachers.entries():
                 members = parse_teacher(entry, self.teachers.seed)
-                same = all(arch == self.student.arch for arch, _ in members[0][:1])
-                problem = m.teacher_problem(teacher_kind(members), same_arch=same)
-                if problem:
-                    raise KdxError(f"distill.method: got {method!r} with teacher {entry!r}; {problem} "
-                                   "(give such methods their own spec, or teachers that fit every method).")
+                for arch in students:
+                    problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == arch)
+                    if problem:
+                        raise KdxError(f"distill.method: got {method!r} with teacher {entry!r}; {problem} "
+                                       "(give such methods their own spec, or teachers that fit every method).")
         for v in axes["kd_stop_epoch"].values():
             if v is not None and v > self.student.epochs:
                 raise KdxError(f"distill.kd_stop_epoch: got {v}; allowed: 1..student.epochs ({self.student.epochs}) or null.")
@@ -391,6 +271,21 @@ class SearchSpec(Strict):
     def data_spec(self) -> DataSpec:
         return self.dataset.data_spec()
 
+    def student_archs(self) -> list[str]:
+        """Every student architecture the space can ask for."""
+        axis = self._student_axes.get("student.arch")
+        return axis.values() if axis else [self.student.arch]
+
+    def student_config(self, values: dict, seed: int, method: str, method_params: dict) -> TrainConfig:
+        """The student's run for one trial: the `student` section with the trial's searched student
+        values (param names `student`, `student.lr`, ...) laid over it."""
+        fields = self.student.model_dump()
+        for path in self._student_axes:
+            if param_name(path) in values:
+                fields[path.removeprefix("student.")] = values[param_name(path)]
+        arch = fields.pop("arch")
+        return Recipe(**fields).train_config(arch, seed, method, method_params)
+
     def teacher_configs(self) -> list[tuple[str, int, TrainConfig]]:
         """(arch, stop epoch, teacher TrainConfig) for every teacher the space can ask for."""
         t = self.teachers
@@ -404,86 +299,68 @@ class SearchSpec(Strict):
                 out.append((arch, stop, cfg))
         return out
 
-    def teacher_links(self, entry: str, stop: int) -> list[list[tuple[str, TrainConfig]]]:
-        """The members of teacher entry `entry` used at `stop`: each a chain of (arch, TrainConfig)
-        from the CE-trained root to the teacher used (the head). The head follows the stop-epoch
-        recipe (an early-stop schedule when asked); links below the head are full recipe runs used
-        at their final epoch, distilled with `teachers.distill`."""
-        t = self.teachers
-        method, params = t.distill_method()
-        out = []
-        for chain in parse_teacher(entry, t.seed):
-            links = []
-            for depth, (arch, seed) in enumerate(reversed(chain)):
-                head = depth == len(chain) - 1
-                kw = {"method": method, "method_params": params} if depth > 0 else {}
-                if head and t.early_stop_schedule:
-                    cfg = t.recipe.train_config(arch, seed, epochs=stop, schedule="early_stop", milestones=(), **kw)
-                else:
-                    cfg = t.recipe.train_config(arch, seed, **kw)
-                links.append((arch, cfg))
-            out.append(links)
-        return out
+    def _lists(self) -> dict[str, list]:
+        return {"teacher": self.teachers.entries(), "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
 
     def searched_axes(self) -> dict[str, Axis]:
-        """Every axis that varies: distill axes that are not fixed, plus teacher/stop/seed lists."""
-        lists = {"teacher": self.teachers.entries(), "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
+        """Every axis that varies, by param name: distill and student values that are not fixed, plus
+        teacher/stop/seed lists with several entries."""
         kind = "grid" if self.search.algorithm == "grid" else "choice"
-        out = {k: a for k, a in self.distill.axes().items() if a.kind != "fixed"}
-        out |= {k: Axis(**{kind: v}) for k, v in lists.items() if len(v) > 1}
+        out = {param_name(p): a for p, a in self.value_axes().items() if a.kind != "fixed"}
+        out |= {k: Axis(**{kind: v}) for k, v in self._lists().items() if len(v) > 1}
         return out
 
     def fixed_values(self) -> dict:
-        """The values that do not vary across trials."""
+        """The distill values and list entries that do not vary across trials, by param name."""
         searched = self.searched_axes()
         fixed = {k: a.fixed for k, a in self.distill.axes().items() if k not in searched}
-        lists = {"teacher": self.teachers.entries(), "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
-        fixed |= {k: v[0] for k, v in lists.items() if k not in searched}
+        fixed |= {k: v[0] for k, v in self._lists().items() if k not in searched}
         return fixed
 
+    def baseline_points(self) -> list[dict]:
+        """The CE baselines: one per seed and per value of every discrete searched student field
+        (each student architecture of a choice); a student field searched over a range takes its
+        middle (`Axis.representative`), and `kdx confirm` re-runs the baseline at the winner's values."""
+        student = {param_name(p): a for p, a in self._student_axes.items()}
+        discrete = {k: a.values() for k, a in student.items() if a.kind in ("choice", "grid")}
+        middle = {k: a.representative() for k, a in student.items() if k not in discrete}
+        combos = [dict(zip(discrete, vs)) for vs in itertools.product(*discrete.values())]
+        return [{"seed": s} | middle | c for c in combos for s in self.seeds]
 
-def _num_classes(dataset: str) -> int:
-    from .data import DATASETS
+    def replace(self, path: str, value) -> "SearchSpec":
+        """A copy with one dotted spec path set (`student.epochs` for `kdx search --epochs`)."""
+        return parse_spec(set_path(self._source, path, value))
 
-    return DATASETS[dataset].num_classes
 
-
-def _sentence(err: ValidationError) -> str:
-    """The first pydantic problem as one sentence: field, value, what is allowed."""
-    e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-    value = e.get("input")
-    if e["type"] == "extra_forbidden":
-        return f"{loc}: unknown key; check the spelling against searches/quickstart.yaml."
-    if e["type"] == "missing":
-        return f"{loc}: missing; this field is required."
-    msg = e["msg"].removeprefix("Value error, ")
-    if not msg.startswith("allowed") and e["type"] not in ("value_error",):
-        msg = f"allowed: {msg[0].lower()}{msg[1:]}"
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    return f"{loc}: got {shown}; {msg.rstrip('.')}."
+def _build(data: dict) -> SearchSpec:
+    try:
+        return SearchSpec(**data)
+    except ValidationError as e:
+        raise KdxError(pydantic_sentence(e)) from None
 
 
 def parse_dataset(fields: dict) -> DataSpec:
     """A `dataset:` section (or the same-named CLI flags) -> DataSpec, with the spec's checks and errors."""
     try:
         section = DatasetSection(**fields)
-        spec = section.data_spec()
-        spec.condition.validate(_num_classes(section.name))
     except ValidationError as e:
-        raise KdxError(f"dataset.{_sentence(e)}") from None
-    except KdxError as e:
-        raise KdxError(f"dataset.{e}") from None
-    return spec
+        raise KdxError(pydantic_sentence(e, "dataset.")) from None
+    return section.data_spec()
 
 
 def parse_spec(data: Any, source: str = "spec") -> SearchSpec:
     if not isinstance(data, dict):
         raise KdxError(f"{source}: got {type(data).__name__}; allowed: a YAML mapping with name, student, teachers, ...")
-    try:
-        spec = SearchSpec(**data)
-    except ValidationError as e:
-        raise KdxError(_sentence(e)) from None
+    axes = section_axes(data, "student", forbid=("epochs",))
+    base = data
+    for path, axis in axes.items():
+        base = set_path(base, path, axis.values()[0])
+    for path, axis in axes.items():  # each searched value through the field's own validator
+        for v in axis.values()[1:]:
+            _build(set_path(base, path, v)).check()
+    spec = _build(base)
+    spec._student_axes = {p: a for p, a in axes.items() if a.kind != "fixed"}
+    spec._source = data
     return spec.check()
 
 

@@ -29,17 +29,19 @@ KIND_SEARCH, KIND_BASELINE, KIND_CONFIRM = "search", "baseline", "confirm"
 
 NO_TEACHER = "none"
 
-# Params of every trial run (strings in MLflow; analysis converts them back).
-TRIAL_PARAMS = (
+from .config import Recipe  # noqa: E402
+from .methods import hparam_names  # noqa: E402
+
+# Params of every trial run (strings in MLflow; analysis converts them back): these identity and
+# derived params, then every method hyperparameter the registry declares ("none" where the trial's
+# method has none) and every field of the student's recipe as `student.<field>`.
+BASE_TRIAL_PARAMS = (
     "dataset",            # dataset name
     "student",            # student architecture
-    "teacher",            # teacher architecture, or "none"
+    "teacher",            # teacher entry, or "none"
     "teacher_stop_epoch", # epoch of the teacher checkpoint used ("none" without teacher)
     "teacher_epochs",     # the teacher run's total epochs
     "method",             # distillation method name (ce for the baseline)
-    "temperature",
-    "alpha",
-    "kd_stop_epoch",      # "none" if KD is never switched off
     "seed",               # the student's seed
     "student_params",     # parameter counts
     "teacher_params",
@@ -47,17 +49,18 @@ TRIAL_PARAMS = (
     "epochs",             # the student's planned epochs (ASHA's max_t)
     "teacher_kind",       # plain | distilled (a chain: TAKD assistant, born-again generation) | ensemble | none
     "teacher_chain",      # store keys of the teacher and its own teachers: 'key<parent<...', '+' between members
-    "teacher_temperature",  # kd/ckm: the teacher's own temperature ("none" = T)
-    "epsilon",            # ls: label-smoothing factor
-    "delta",              # tf_kd_reg: the virtual teacher's probability on the true class
-    "confidence",         # ckm: confidence of the replacement target
-    "cohort",             # dml: number of students trained together
 )
+METHOD_PARAMS = hparam_names()
+RECIPE_PARAMS = tuple(f"student.{f}" for f in Recipe.model_fields if f != "epochs")
+TRIAL_PARAMS = BASE_TRIAL_PARAMS + METHOD_PARAMS + RECIPE_PARAMS
 
-# Method hyperparameters logged as their own params (the resolved value, "none" where the method has none).
-# Every method hyperparameter kdx knows: spec axes, `kdx train` flags and trial params all use this list.
-METHOD_PARAMS = ("temperature", "alpha", "kd_stop_epoch", "teacher_temperature", "epsilon", "delta", "confidence",
-                 "cohort", "branches")
+# A trial's *config* is every param it logged except its seed and the params derived from the others
+# (sizes, the teacher's recipe facts): runs that agree on all the rest are seeds of one config. The
+# analysis and `kdx confirm` key configs on exactly this, so a new method hyperparameter or a new
+# search axis needs no list updated anywhere.
+SEED_PARAM = "seed"
+DERIVED_PARAMS = ("student_params", "teacher_params", "capacity_ratio", "teacher_epochs", "teacher_kind",
+                  "teacher_chain")
 
 # Per-epoch metrics (step = epoch, 1-based) produced by explorer.train.Trainer.
 EPOCH_METRICS = (
@@ -93,3 +96,23 @@ def absolute_tracking_uri(uri: str | None) -> str | None:
     if "://" not in uri and not uri.startswith("sqlite:"):
         return os.path.abspath(os.path.expanduser(uri))
     return uri
+
+
+# ------------------------------------------------------------------ one definition each
+
+
+def trial_status(last_result: dict | None, epochs: int) -> str:
+    """A finished trial's outcome from its last reported result: diverged (NaN/inf loss), completed
+    (reached the planned epochs) or pruned (stopped earlier by ASHA)."""
+    last = last_result or {}
+    if last.get("diverged"):
+        return DIVERGED
+    return COMPLETED if last.get("epoch", 0) >= epochs else PRUNED
+
+
+def is_better(value, best, mode: str) -> bool:
+    """The one "best trial" rule: a completed trial's final validation metric, strictly better in the
+    search's mode than the best so far (ties keep the trial seen first)."""
+    if value is None or value != value:
+        return False
+    return best is None or (value > best if mode == "max" else value < best)

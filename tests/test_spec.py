@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from explorer.cli import main
+from kdx.cli import main
 from explorer.errors import KdxError
 from explorer.spec import load_spec, parse_spec
 

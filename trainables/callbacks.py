@@ -21,18 +21,24 @@ from ray.tune import Callback
 
 from explorer.tracking import (
     COMPLETED, DIVERGED, EPOCH_METRICS, FAILED, INTERRUPTED, KIND_TAG, PARENT_TAG, PRUNED, ROLE_TAG, ROLE_TRIAL,
-    RUNNING, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG, TRIAL_PARAMS,
+    RUNNING, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG, TRIAL_PARAMS, is_better,
 )
+from explorer.tracking import trial_status as _status_of
 
 from .plan import Plan, trial_label
 
 
 def trial_status(trial, epochs: int) -> str:
-    """completed / pruned / diverged from a finished trial's last result."""
-    last = trial.last_result or {}
-    if last.get("diverged"):
-        return DIVERGED
-    return COMPLETED if last.get("epoch", 0) >= epochs else PRUNED
+    """completed / pruned / diverged of a finished Tune trial (explorer.tracking.trial_status)."""
+    return _status_of(trial.last_result, epochs)
+
+
+def logged_metrics(result: dict) -> dict[str, float]:
+    """The per-epoch metrics of a result that go to MLflow: `EPOCH_METRICS` and every loss term the
+    method returned (`train_<term>`), finite numbers only."""
+    return {k: float(v) for k, v in result.items()
+            if (k in EPOCH_METRICS or k.startswith("train_")) and isinstance(v, (int, float))
+            and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def _fmt(v) -> str:
@@ -102,8 +108,7 @@ class MlflowTrialLogger(Callback):
         if step <= self._last_step.get(trial.trial_id, 0):
             return  # already logged before a resume
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS
-                   if k in result and isinstance(result[k], (int, float)) and math.isfinite(result[k])]
+        metrics = [Metric(k, v, now, step) for k, v in logged_metrics(result).items()]
         self.client.log_batch(run_id, metrics=metrics)
         self._last_step[trial.trial_id] = step
 
@@ -148,7 +153,6 @@ class ProgressLine(Callback):
     def _line(self, trials) -> str:
         counts = {COMPLETED: 0, PRUNED: 0, DIVERGED: 0, FAILED: 0, RUNNING: 0, "pending": 0}
         best, best_trial = None, None
-        sign = 1 if self.mode == "max" else -1
         for t in trials:
             if t.status == "RUNNING":
                 counts[RUNNING] += 1
@@ -160,7 +164,7 @@ class ProgressLine(Callback):
                 st = trial_status(t, self.plan.epochs)
                 counts[st] += 1
                 v = (t.last_result or {}).get(self.metric)
-                if st == COMPLETED and v is not None and (best is None or sign * v > sign * best):
+                if st == COMPLETED and is_better(v, best, self.mode):
                     best, best_trial = v, t
         elapsed = time.monotonic() - (self._start or time.monotonic())
         text = (f"[{self.plan.name} {self.kind} {elapsed:6.0f}s] done {counts[COMPLETED]}, running {counts[RUNNING]}, "

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from explorer.config import TrainConfig
+from explorer.data import DATASETS
 from explorer.methods import get_method
 from explorer.models import build_model, count_params
-from explorer.spec import SearchSpec, parse_teacher, teacher_kind
-from explorer.store import TeacherRecipe
-from explorer.tracking import KIND_BASELINE, KIND_SEARCH, METHOD_PARAMS, NO_TEACHER
-from explorer.train import TrainConfig
+from explorer.recipe import TeacherRecipe
+from explorer.spec import SearchSpec
+from explorer.teachers import parse_teacher, teacher_chains, teacher_kind
+from explorer.tracking import KIND_BASELINE, KIND_SEARCH, METHOD_PARAMS, NO_TEACHER, RECIPE_PARAMS
 
 
 def teacher_slot(arch: str, stop: int) -> str:
@@ -25,14 +27,14 @@ def teacher_slot(arch: str, stop: int) -> str:
 class Plan:
     name: str
     dataset: str
-    student: str
-    student_recipe: dict
+    student: str  # the spec's student architecture (the first, when it is searched)
+    spec: SearchSpec
     epochs: int
     num_classes: int
     input_shape: tuple
     fixed: dict
     store_root: str
-    student_params: int
+    sizes: dict[str, int] = field(default_factory=dict)  # architecture -> parameter count
     teacher_keys: dict[str, str] = field(default_factory=dict)  # slot -> store key (comma-joined for ensembles)
     teacher_params: dict[str, int] = field(default_factory=dict)  # teacher entry -> params (ensembles: the sum)
     teacher_kinds: dict[str, str] = field(default_factory=dict)  # teacher entry -> plain | distilled | ensemble
@@ -41,22 +43,26 @@ class Plan:
     recipes: dict[str, TeacherRecipe] = field(default_factory=dict)  # store key -> recipe
     stops: dict[str, list[int]] = field(default_factory=dict)  # store key -> stop epochs to keep
 
-    def settings(self, config: dict, kind: str = KIND_SEARCH) -> dict:
-        """Every value of one trial: the fixed ones overlaid with the trial's searched ones.
+    @property
+    def student_params(self) -> int:
+        return self.sizes[self.student]
 
-        Hyperparameters left at null take the method's default; the resolved values are what is
-        logged (so a ckm trial logs its own T = 1, not kd's 4)."""
+    def settings(self, config: dict, kind: str = KIND_SEARCH) -> dict:
+        """Every value of one trial, by param name: the fixed ones overlaid with the trial's searched
+        ones. Hyperparameters left at null take the method's default; the resolved values are what
+        is logged (so a ckm trial logs its own T = 1, not kd's 4)."""
         s = dict(self.fixed) | dict(config.get("point", config))  # fixed-point experiments: {"point": {...}}
         if kind == KIND_BASELINE:
             s |= {"method": "ce"}
         method = get_method(s["method"])
-        hp_names = {h.name for h in method.hparams}
-        hp = method.resolve({k: s[k] for k in hp_names if s.get(k) is not None})
+        hp = method.resolve({h.name: s[h.name] for h in method.hparams if s.get(h.name) is not None})
+        given = {k: v for k, v in hp.items() if s.get(k) is not None}
+        train = self.spec.student_config(s, int(s["seed"]), s["method"], given)
         uses_teacher = method.needs_teacher
         slot = teacher_slot(s["teacher"], s["teacher_stop_epoch"]) if uses_teacher else None
         t_params = self.teacher_params[s["teacher"]] if uses_teacher else None
         out = {
-            "dataset": self.dataset, "student": self.student, "epochs": self.epochs, "seed": int(s["seed"]),
+            "dataset": self.dataset, "student": train.arch, "epochs": self.epochs, "seed": int(s["seed"]),
             "method": s["method"],
             "teacher": s["teacher"] if uses_teacher else NO_TEACHER,
             "teacher_stop_epoch": s["teacher_stop_epoch"] if uses_teacher else None,
@@ -64,71 +70,75 @@ class Plan:
             "teacher_key": self.teacher_keys[slot] if uses_teacher else NO_TEACHER,
             "teacher_kind": self.teacher_kinds[s["teacher"]] if uses_teacher else NO_TEACHER,
             "teacher_chain": self.teacher_chains[slot] if uses_teacher else NO_TEACHER,
-            "method_params": {k: v for k, v in hp.items() if s.get(k) is not None},
-            "student_params": self.student_params,
+            "method_params": given,
+            "student_params": self.sizes[train.arch],
             "teacher_params": t_params,
-            "capacity_ratio": t_params / self.student_params if uses_teacher else None,
+            "capacity_ratio": t_params / self.sizes[train.arch] if uses_teacher else None,
+            "train": train,
+            # the searched student values (architecture, learning rate, ...), for the run's name
+            "searched_student": {k: s[k] for k in self.spec.searched_axes() if k.startswith("student") and k in s},
         }
-        for name in METHOD_PARAMS:
-            out[name] = hp.get(name)
+        out |= {name: hp.get(name) for name in METHOD_PARAMS}
+        out |= {name: getattr(train, name.removeprefix("student.")) for name in RECIPE_PARAMS}
         return out
 
     def train_config(self, settings: dict) -> TrainConfig:
-        r = dict(self.student_recipe)
-        r["milestones"] = tuple(r["milestones"])
-        return TrainConfig(arch=self.student, seed=settings["seed"], method=settings["method"],
-                           method_params=settings["method_params"], **r)
+        return settings["train"]
 
 
 def make_plan(spec: SearchSpec, store_root: str) -> Plan:
     data = spec.data_spec()
-    from explorer.data import DATASETS
-
     info = DATASETS[data.dataset]
-    size = lambda arch: count_params(build_model(arch, info.num_classes, info.input_shape))  # noqa: E731
-    recipe = spec.student.model_dump()
-    student = recipe.pop("arch")
     plan = Plan(
-        name=spec.name, dataset=data.dataset, student=student, student_recipe=recipe,
+        name=spec.name, dataset=data.dataset, student=spec.student.arch, spec=spec,
         epochs=spec.student.epochs, num_classes=info.num_classes, input_shape=tuple(info.input_shape),
-        fixed=spec.fixed_values(), store_root=store_root, student_params=size(student),
+        fixed=spec.fixed_values(), store_root=store_root,
     )
-    for entry in spec.teachers.entries():
-        members = parse_teacher(entry, spec.teachers.seed)
+
+    def size(arch: str) -> int:
+        if arch not in plan.sizes:
+            plan.sizes[arch] = count_params(build_model(arch, info.num_classes, info.input_shape))
+        return plan.sizes[arch]
+
+    for arch in spec.student_archs():
+        size(arch)
+    t = spec.teachers
+    for entry in t.entries():
+        members = parse_teacher(entry, t.seed)
         plan.teacher_kinds[entry] = teacher_kind(members)
         plan.teacher_params[entry] = sum(size(chain[0][0]) for chain in members)
-        for stop in spec.teachers.stops():
-            keys, chains = [], []
-            for links in spec.teacher_links(entry, stop):
-                parent, chain_keys = None, []
-                for depth, (arch, cfg) in enumerate(links):
-                    teacher = TeacherRecipe(data=data, train=cfg, parent_key=parent)
-                    key = teacher.key()
-                    plan.recipes[key] = teacher
-                    plan.stops.setdefault(key, [])
-                    head = depth == len(links) - 1
-                    want = stop if head else cfg.epochs
-                    if want not in plan.stops[key]:
-                        plan.stops[key].append(want)
-                    parent = key
-                    chain_keys.append(key)
-                    if head:
-                        plan.teacher_epochs[teacher_slot(entry, stop)] = cfg.epochs
-                keys.append(parent)
-                chains.append("<".join(reversed(chain_keys)))
+        for stop in t.stops():
             slot = teacher_slot(entry, stop)
+            keys, chains = [], []
+            for links in teacher_chains(entry, data, t.recipe, t.seed, stop, t.distill_method(), t.early_stop_schedule):
+                for link in links:
+                    plan.recipes[link.key] = link.recipe
+                    wanted = plan.stops.setdefault(link.key, [])
+                    if link.epoch not in wanted:
+                        wanted.append(link.epoch)
+                plan.teacher_epochs[slot] = links[-1].recipe.train.epochs
+                keys.append(links[-1].key)
+                chains.append("<".join(link.key for link in reversed(links)))
             plan.teacher_keys[slot] = ",".join(keys)
             plan.teacher_chains[slot] = "+".join(chains)
     return plan
 
 
+def _student_text(settings: dict) -> str:
+    return "".join(f" {k.removeprefix('student.')}={v:.3g}" if isinstance(v, float) else f" {v}"
+                   for k, v in settings.get("searched_student", {}).items())
+
+
 def trial_label(settings: dict) -> str:
-    """A readable MLflow run name, e.g. `cnn1d_w16@e20 T=4.2 a=0.71 s0`."""
+    """A readable MLflow run name, e.g. `cnn1d_w16@e20 T=4.2 a=0.71 s0` (searched student values,
+    such as its architecture or learning rate, come after the teacher)."""
     if settings["teacher"] == NO_TEACHER:
         extra = "".join(f" {k}={settings[k]:.3g}" for k in ("epsilon", "delta", "temperature")
                         if settings.get(k) is not None and settings["method"] != "ce")
-        return f"{settings['student']} {settings['method']}{extra} s{settings['seed']}"
-    parts = [f"{settings['teacher']}@e{settings['teacher_stop_epoch']}"]
+        lr = "".join(f" {k.removeprefix('student.')}={v:.3g}" for k, v in settings.get("searched_student", {}).items()
+                     if isinstance(v, float))
+        return f"{settings['student']} {settings['method']}{extra}{lr} s{settings['seed']}"
+    parts = [f"{settings['teacher']}@e{settings['teacher_stop_epoch']}{_student_text(settings)}"]
     if settings["method"] != "kd":
         parts.append(settings["method"])
     if settings["temperature"] is not None:

@@ -21,13 +21,15 @@ from mlflow.tracking import MlflowClient
 
 from explorer.data import load_splits
 from explorer.errors import KdxError
-from explorer.spec import Axis, SearchSpec
+from explorer.spec import SearchSpec
 from explorer.tracking import (
     COMPLETED, KIND_BASELINE, KIND_SEARCH, ROLE_SEARCH, ROLE_TAG, RUN_DIR, absolute_tracking_uri, default_tracking_uri,
+    is_better,
 )
 
 from .callbacks import MlflowTrialLogger, ProgressLine, trial_status
 from .plan import Plan, make_plan, trial_label
+from .searcher import tune_setup
 from .student import FAULT_ENV, train_student
 
 
@@ -61,86 +63,6 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
                            "or leave the flag out to use the local SQLite store.") from None
     elif uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-
-
-# ------------------------------------------------------------------ search space
-
-
-def _tune_domain(axis: Axis):
-    from ray import tune
-
-    return {"choice": lambda v: tune.choice(v), "grid": lambda v: tune.grid_search(v),
-            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}[axis.kind](
-        getattr(axis, axis.kind))
-
-
-def _optuna_distribution(axis: Axis):
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if axis.kind == "choice":
-        return CategoricalDistribution(axis.choice)
-    lo, hi = getattr(axis, axis.kind)
-    if all(float(x).is_integer() for x in (lo, hi)) and axis.kind == "uniform" and isinstance(lo, int):
-        return IntDistribution(int(lo), int(hi))
-    return FloatDistribution(lo, hi, log=axis.kind == "loguniform")
-
-
-def make_pruned_aware_optuna(**kwargs):
-    """OptunaSearch that tells Optuna about ASHA-stopped trials as PRUNED (../shared/DESIGN.md trap).
-
-    Ray reports a trial stopped by the scheduler as COMPLETE with its early-epoch value, so TPE would
-    learn from truncated scores. Here a trial that ended before `max_t` epochs is PRUNED (its
-    intermediate values stay in Optuna as reported), a diverged trial FAIL.
-    """
-    import optuna
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # kdx prints its own progress
-
-    class PrunedAwareOptunaSearch(OptunaSearch):
-        def __init__(self, max_t: int, **kw):
-            super().__init__(**kw)
-            self.max_t = max_t
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if error or not result or trial_id in self._completed_trials:
-                return super().on_trial_complete(trial_id, result, error)
-            state = None
-            if result.get("diverged"):
-                state = TrialState.FAIL
-            elif result.get("epoch", 0) < self.max_t:
-                state = TrialState.PRUNED
-            if state is None:
-                return super().on_trial_complete(trial_id, result, error)
-            self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
-            self._completed_trials.add(trial_id)
-
-    return PrunedAwareOptunaSearch(**kwargs)
-
-
-def tune_setup(spec: SearchSpec, num_samples: int | None):
-    """(param_space, search_alg, num_samples) for the KD search."""
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-    from optuna.samplers import TPESampler
-
-    axes = spec.searched_axes()
-    s = spec.search
-    n = num_samples or s.num_samples
-    if s.algorithm == "optuna":
-        if not axes:
-            raise KdxError("distill: nothing is searched; allowed: make at least one of method, temperature, alpha, "
-                           "kd_stop_epoch a choice or a range, or give several teachers, stop epochs or seeds.")
-        searcher = make_pruned_aware_optuna(
-            max_t=spec.student.epochs, space={k: _optuna_distribution(a) for k, a in axes.items()},
-            metric=s.metric, mode=s.mode, sampler=TPESampler(seed=s.seed),
-            points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-        )
-        return {}, searcher, n
-    space = {k: _tune_domain(a) for k, a in axes.items()}
-    if s.algorithm == "grid":
-        n = num_samples or 1
-    return space, BasicVariantGenerator(random_state=s.seed, points_to_evaluate=s.points_to_evaluate or None), n
 
 
 # ------------------------------------------------------------------ mlflow parent run
@@ -212,7 +134,7 @@ def points_setup(kind: str, name: str, points: list[dict]) -> ExperimentSetup:
 
 
 def baseline_setup(spec: SearchSpec) -> ExperimentSetup:
-    return points_setup(KIND_BASELINE, f"{spec.name}__{KIND_BASELINE}", [{"seed": s} for s in spec.seeds])
+    return points_setup(KIND_BASELINE, f"{spec.name}__{KIND_BASELINE}", spec.baseline_points())
 
 
 
@@ -365,7 +287,6 @@ def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc)
 
     counts: dict[str, int] = {}
     best, interrupted = None, False
-    sign = 1 if spec.search.mode == "max" else -1
     for setup in setups:
         trials = ExperimentAnalysis(f"{loc.storage.rstrip('/')}/{setup.name}").trials
         missing = setup.expected - len(trials)
@@ -380,16 +301,15 @@ def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc)
                 st = "failed" if trial.status == "ERROR" else trial_status(trial, plan.epochs)
             counts[st] = counts.get(st, 0) + 1
             v = (trial.last_result or {}).get(spec.search.metric)
-            if setup.kind != KIND_BASELINE and st == COMPLETED and v is not None and \
-                    (best is None or sign * v > sign * best[1]):
+            if setup.kind != KIND_BASELINE and st == COMPLETED and is_better(v, best and best[1], spec.search.mode):
                 best = (trial, v, setup.kind)
     best_info = None
     if best:
         settings = plan.settings(best[0].config, best[2])
         last = best[0].last_result
         best_info = {"label": trial_label(settings), spec.search.metric: best[1], "test_acc": last.get("test_acc"),
-                     **{k: settings[k] for k in ("teacher", "teacher_stop_epoch", "method", "temperature", "alpha",
-                                                 "kd_stop_epoch", "seed")}}
+                     **{k: settings[k] for k in ("student", "teacher", "teacher_stop_epoch", "method", "seed")},
+                     **{k: settings[k] for k in spec.searched_axes() if k in settings}}
     return Outcome(best_info, counts, interrupted, exp_id, parent_id, loc.tracking_uri)
 
 

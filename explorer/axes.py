@@ -1,0 +1,126 @@
+"""Searchable values: the forms a spec value may take, and the one name each searched value goes by.
+
+A value in the spec's `distill` section or a field of its `student` section is fixed, or
+`{choice: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}` or `{grid: [...]}`. Lists with
+several entries (`teachers.archs`, `teachers.stop_epochs`, `seeds`) are axes too.
+
+Every searched value has one *param name*, used as the searcher's config key, in
+`points_to_evaluate`, as the MLflow param and as the analysis column: `param_name` below is the only
+mapping from spec paths to those names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import ValidationError, model_validator
+
+from .config import Strict
+from .errors import KdxError
+
+AXIS_KINDS = ("choice", "uniform", "loguniform", "grid")
+
+# Spec lists whose entries are searched one per trial, and the name of one entry.
+LIST_PARAMS = {"teachers.archs": "teacher", "teachers.stop_epochs": "teacher_stop_epoch", "seeds": "seed"}
+# Student fields that keep the short names kdx has always logged.
+_SHORT = {"student.arch": "student", "student.epochs": "epochs"}
+
+
+def param_name(path: str) -> str:
+    """The name a spec value goes by everywhere: `distill.alpha` -> `alpha` (method hyperparameters
+    are declared by bare name), `student.arch` -> `student`, `teachers.archs` -> `teacher`,
+    `student.lr` -> `student.lr`."""
+    if path in LIST_PARAMS:
+        return LIST_PARAMS[path]
+    if path in _SHORT:
+        return _SHORT[path]
+    return path.removeprefix("distill.")
+
+
+class Axis(Strict):
+    """One searchable value: exactly one of fixed / choice / uniform / loguniform / grid."""
+
+    fixed: Any = None
+    choice: list | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    grid: list | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in AXIS_KINDS if getattr(self, k) is not None]
+        if len(kinds) > 1:
+            raise ValueError(f"give one of choice, uniform, loguniform, grid, not {' and '.join(kinds)}")
+        for k in ("choice", "grid"):
+            if getattr(self, k) == []:
+                raise ValueError(f"{k} is empty; allowed: a non-empty list")
+        for k in ("uniform", "loguniform"):
+            r = getattr(self, k)
+            if r is not None and not r[0] < r[1]:
+                raise ValueError(f"{k} range {list(r)} is empty; allowed: [low, high] with low < high")
+            if k == "loguniform" and r is not None and r[0] <= 0:
+                raise ValueError(f"loguniform range {list(r)} must be positive")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for k in AXIS_KINDS:
+            if getattr(self, k) is not None:
+                return k
+        return "fixed"
+
+    def values(self) -> list:
+        """The discrete values this axis can take (the range ends for ranges)."""
+        if self.kind == "fixed":
+            return [self.fixed]
+        return list(getattr(self, self.kind))
+
+    def representative(self):
+        """One value standing for the axis where a single one is needed (a CE baseline's learning
+        rate when the search varies it): the first of a list, the middle of a range (geometric for
+        loguniform)."""
+        if self.kind in ("uniform", "loguniform"):
+            lo, hi = getattr(self, self.kind)
+            return math.sqrt(lo * hi) if self.kind == "loguniform" else (lo + hi) / 2
+        return self.values()[0]
+
+
+def is_axis_form(value) -> bool:
+    """Whether a spec value is written as an axis mapping ({choice: ...}, {fixed: ...}, ...)."""
+    return isinstance(value, dict) and len(value) >= 1 and set(value) <= {"fixed", *AXIS_KINDS}
+
+
+def as_axis(value) -> Axis:
+    if isinstance(value, Axis):
+        return value
+    if is_axis_form(value):
+        return Axis(**value)
+    return Axis(fixed=value)
+
+
+def set_path(data: dict, path: str, value) -> dict:
+    """A copy of the nested mapping `data` with the dotted `path` ("student.lr") set to `value`."""
+    head, _, rest = path.partition(".")
+    out = dict(data)
+    out[head] = set_path(dict(data.get(head) or {}), rest, value) if rest else value
+    return out
+
+
+def section_axes(data: dict, section: str, forbid: tuple[str, ...] = ()) -> dict[str, Axis]:
+    """The fields of `data[section]` written as axes, by spec path; KdxError for a malformed axis, or
+    for a searched field in `forbid` (the student's epochs: ASHA's clock)."""
+    fields = data.get(section)
+    axes = {}
+    for key, value in (fields.items() if isinstance(fields, dict) else []):
+        if not is_axis_form(value):
+            continue
+        where = f"{section}.{key}"
+        try:
+            axes[where] = as_axis(value)
+        except ValidationError as e:
+            raise KdxError(f"{where}: {e.errors()[0]['msg'].removeprefix('Value error, ')}.") from None
+        if key in forbid and axes[where].kind != "fixed":
+            raise KdxError(f"{where}: got a {axes[where].kind}; allowed: a fixed value (ASHA counts epochs; "
+                           "`kdx search --epochs` changes them).")
+    return axes
