@@ -29,6 +29,7 @@ trainables.plan.make_plan on the spec with those teacher entries, so they are ex
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -38,8 +39,8 @@ import torch.nn.functional as F
 from explorer.errors import KdxError, bad_value
 from explorer.models import is_known_model
 from explorer.spec import SearchSpec, load_spec
-from explorer.store import TeacherStore
-from trainables.plan import Plan, make_plan, teacher_slot
+from explorer.store import TeacherRecipe, TeacherStore
+from explorer.teachers import teacher_chains
 
 ROWS = ("scratch", "last_generation", "generations_ensemble", "scratch_ensemble")
 _GEN = re.compile(r"(.+)\^([0-9]+)")
@@ -85,23 +86,34 @@ def generation_entries(arch: str, generations: int, seed: int) -> dict[str, list
     }
 
 
+@dataclass
+class GenerationPlan:
+    """Every store recipe of a generation comparison (parents before children) and the epochs to keep."""
+
+    recipes: dict[str, TeacherRecipe] = field(default_factory=dict)
+    stops: dict[str, list[int]] = field(default_factory=dict)
+
+
 def generation_plan(spec: SearchSpec | str | Path, store_root: str, arch: str | None = None,
-                    generations: int | None = None, seed: int | None = None) -> tuple[Plan, dict[str, list[str]]]:
+                    generations: int | None = None, seed: int | None = None) -> tuple[GenerationPlan, dict[str, list[str]]]:
     """(plan, {"generations": [store keys, gen 0..g], "scratch": [store keys, g + 1 seeds]}).
 
-    The plan is `make_plan` on the spec with its teacher axis replaced by the entries of
-    `generation_entries` (final epochs only, no early-stop schedule): its `recipes` (parents before
-    children) and `stops` are what `TeacherStore.ensure` needs to build the missing models."""
+    The entries of `generation_entries` (final epochs only, no early-stop schedule) walked with the
+    spec's teacher recipe and `teachers.distill` (explorer.teachers.teacher_chains): the plan's
+    `recipes` and `stops` are what `TeacherStore.ensure` needs to build the missing models."""
     spec = _as_spec(spec)
     arch, generations = _defaults(spec, arch, generations)
     seed = spec.teachers.seed if seed is None else int(seed)
-    entries = generation_entries(arch, generations, seed)
-    archs = list(dict.fromkeys(entries["generations"] + entries["scratch"]))
-    teachers = spec.teachers.model_copy(update={"archs": archs, "generations": 0, "seed": seed,
-                                                "stop_epochs": None, "early_stop_schedule": False})
-    plan = make_plan(spec.model_copy(update={"teachers": teachers}), store_root)
-    final = spec.teachers.recipe.epochs
-    keys = {kind: [plan.teacher_keys[teacher_slot(e, final)] for e in es] for kind, es in entries.items()}
+    t = spec.teachers
+    plan, keys = GenerationPlan(), {}
+    for kind, entries in generation_entries(arch, generations, seed).items():
+        keys[kind] = []
+        for entry in entries:
+            (links,) = teacher_chains(entry, spec.data_spec(), t.recipe, seed, t.recipe.epochs, t.distill_method())
+            for link in links:
+                plan.recipes.setdefault(link.key, link.recipe)
+                plan.stops.setdefault(link.key, [link.epoch])
+            keys[kind].append(links[-1].key)
     return plan, keys
 
 

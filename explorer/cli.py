@@ -1,8 +1,10 @@
-"""The `kdx` command line.
+"""The `kdx` command line's core: the command registry, argument helpers and the commands that need
+only this package (models, datasets, train, methods).
 
-Commands live in a small registry (`command` decorator). The core commands are defined here;
-`trainables` and `analysis` add theirs from the modules listed in `EXTENSIONS`, so `explorer`
-never imports them at import time and stays usable on its own.
+`trainables` and `analysis` register their own commands into the same registry; the thin `kdx`
+package (kdx/cli.py) imports all three and runs the parser, so `explorer` never imports them.
+Flags are derived from the one definition of each concept: recipe flags from `Recipe`'s fields,
+data flags from the spec's `dataset` section, method flags from the method registry.
 
 Every user-input problem is a `KdxError`, printed as one line (`kdx: error: ...`), exit code 2.
 """
@@ -10,17 +12,12 @@ Every user-input problem is a `KdxError`, printed as one line (`kdx: error: ...`
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from .errors import KdxError, bad_value
-from .tracking import METHOD_PARAMS
-
-EXTENSIONS = ("trainables.commands", "trainables.search_commands", "analysis.commands", "analysis.generations_cli")
 
 
 @dataclass
@@ -56,29 +53,49 @@ def str_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _flag_type(annotation, default):
+    """argparse type of a pydantic field: int, float, str, bool (a switch) or a list of ints."""
+    text = str(annotation)
+    if "tuple[int" in text or "list[int" in text:
+        return int_list
+    for t in (bool, int, float):
+        if annotation in (t, t | None) or isinstance(default, t):
+            return t
+    return str
+
+
+def add_model_arguments(group, model, prefix: str = "", skip: tuple[str, ...] = (), overrides: dict | None = None):
+    """One flag per field of the pydantic `model` (`--<prefix><field>`), its default and help from the field."""
+    for name, f in model.model_fields.items():
+        if name in skip:
+            continue
+        default = (overrides or {}).get(name, f.default)
+        typ = _flag_type(f.annotation, default)
+        flag = f"--{prefix}{name.replace('_', '-')}"
+        if typ is bool:
+            group.add_argument(flag, action="store_true", help=f.description)
+        else:
+            shown = list(default) if isinstance(default, tuple) else default
+            group.add_argument(flag, type=typ, default=shown, help=f"{f.description or name} (default {shown})")
+
+
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The data flags: the spec's `dataset:` fields (`--dataset` is its `name`)."""
+    from .spec import DatasetSection
+
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="mnist1d", help="dataset name (see `kdx datasets`)")
-    g.add_argument("--data-dir", default=None, help="directory with the dataset (CIFAR) or its cache")
-    g.add_argument("--download", action="store_true", help="download CIFAR into --data-dir if missing")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="validation split carved from train")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the validation split and conditions")
-    g.add_argument("--label-noise", type=float, default=0.0, help="symmetric label-noise rate sigma (train only)")
-    g.add_argument("--imbalance-gamma", type=float, default=None, help="power-law class imbalance gamma")
-    g.add_argument("--imbalance-max", type=int, default=None, help="largest class count under imbalance")
-    g.add_argument("--imbalance-min", type=int, default=None, help="smallest class count under imbalance")
-    g.add_argument("--omit-classes", type=int_list, default=[], help="classes dropped from train, e.g. 3,7")
-
-
-DATA_FLAGS = ("data_dir", "download", "val_fraction", "split_seed", "label_noise", "imbalance_gamma",
-              "imbalance_max", "imbalance_min", "omit_classes")
+    g.add_argument("--dataset", default=DatasetSection.model_fields["name"].default,
+                   help=DatasetSection.model_fields["name"].description)
+    add_model_arguments(g, DatasetSection, skip=("name",))
 
 
 def data_spec_from_args(args: argparse.Namespace):
     """The data flags are named like a spec's `dataset:` fields and checked the same way."""
-    from .spec import parse_dataset
+    from .spec import DatasetSection, parse_dataset
 
-    return parse_dataset({"name": args.dataset} | {f: getattr(args, f) for f in DATA_FLAGS})
+
+    fields = {f: getattr(args, f) for f in DatasetSection.model_fields if f != "name"}
+    return parse_dataset({"name": args.dataset} | fields)
 
 
 def print_json(obj) -> None:
@@ -139,31 +156,30 @@ def cmd_datasets(args):
                   f"augment={r['augment']:<9} {r['description']}")
 
 
-def add_recipe_arguments(p: argparse.ArgumentParser, prefix: str = "", defaults: dict | None = None) -> None:
-    """Optimiser/schedule flags; `prefix` = 'teacher-' gives the teacher's own recipe flags."""
-    d = {"epochs": 30, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "schedule": "cosine"} | (defaults or {})
-    g = p.add_argument_group(f"{prefix or 'student '}recipe")
-    g.add_argument(f"--{prefix}epochs", type=int, default=d["epochs"])
-    g.add_argument(f"--{prefix}lr", type=float, default=d["lr"])
-    g.add_argument(f"--{prefix}batch-size", type=int, default=d["batch_size"])
-    g.add_argument(f"--{prefix}weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument(f"--{prefix}momentum", type=float, default=0.9)
-    g.add_argument(f"--{prefix}nesterov", action="store_true")
-    g.add_argument(f"--{prefix}schedule", default=d["schedule"], help="multistep, cosine, early_stop or constant")
-    g.add_argument(f"--{prefix}milestones", type=int_list, default=[], help="multistep: epochs where lr *= gamma")
-    g.add_argument(f"--{prefix}lr-gamma", type=float, default=0.2)
+def add_recipe_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Optimiser/schedule flags from `Recipe`'s fields; `prefix` = 'teacher-' gives the teacher's own."""
+    from .config import Recipe
+
+    add_model_arguments(p.add_argument_group(f"{prefix or 'student '}recipe"), Recipe, prefix)
 
 
 def recipe_from_args(args, prefix: str, arch: str, seed: int, method: str = "ce", method_params=None):
-    from .train import TrainConfig
+    from .config import Recipe, TrainConfig
 
-    a = lambda name: getattr(args, (prefix + name).replace("-", "_"))  # noqa: E731
-    return TrainConfig(
-        arch=arch, epochs=a("epochs"), batch_size=a("batch-size"), lr=a("lr"), momentum=a("momentum"),
-        nesterov=a("nesterov"), weight_decay=a("weight-decay"), schedule=a("schedule"),
-        milestones=tuple(a("milestones")), lr_gamma=a("lr-gamma"), seed=seed, method=method,
-        method_params=method_params or {},
-    )
+    fields = {f: getattr(args, prefix + f) for f in Recipe.model_fields}
+    return TrainConfig(arch=arch, seed=seed, method=method, method_params=method_params or {}, **fields)
+
+
+def add_hparam_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per method hyperparameter of the registry, with each method's default in the help."""
+    from .methods import hparam_declarations, hparam_names
+
+    g = p.add_argument_group("method hyperparameters (default: the method's own, see `kdx methods`)")
+    for name in hparam_names():
+        decls = hparam_declarations(name)
+        defaults = ", ".join(f"{m.name} {h.default}" for m, h in decls)
+        g.add_argument(f"--{name.replace('_', '-')}", type=int if decls[0][1].integer else float, default=None,
+                       help=f"{decls[0][1].help} (defaults: {defaults})")
 
 
 def _train_args(p):
@@ -173,16 +189,7 @@ def _train_args(p):
                    help="teacher: an architecture, 'a<b' (a distilled from b; takd), 'a^g' (born-again generation "
                         "g), 'a:sN' (seed N), 'a+b' or 'a,b' (an ensemble; mkd); trained first (or reused)")
     p.add_argument("--method", default=None, help="distillation method (default: kd with a teacher, else ce)")
-    p.add_argument("--temperature", type=float, default=None, help="KD temperature T > 0 (default 4)")
-    p.add_argument("--alpha", type=float, default=None, help="KD weight alpha in [0, 1] (default 0.9)")
-    p.add_argument("--kd-stop-epoch", type=int, default=None, help="switch the KD term off from this epoch")
-    p.add_argument("--teacher-temperature", type=float, default=None,
-                   help="kd/ckm: the teacher's own temperature (default: T for kd, 0.7 for ckm)")
-    p.add_argument("--epsilon", type=float, default=None, help="ls: label-smoothing factor (default 0.1)")
-    p.add_argument("--delta", type=float, default=None, help="tf_kd_reg: virtual teacher's true-class probability")
-    p.add_argument("--confidence", type=float, default=None, help="ckm: replacement target confidence (0.99)")
-    p.add_argument("--cohort", type=int, default=None, help="dml: number of students trained together (2)")
-    p.add_argument("--branches", type=int, default=None, help="one: number of branches of the student (3)")
+    add_hparam_arguments(p)
     p.add_argument("--chain-method", default="kd",
                    help="how links of a teacher chain ('a<b', 'a^g') are distilled (default kd at its defaults)")
     p.add_argument("--seed", type=int, default=0)
@@ -208,23 +215,23 @@ def _progress(label: str):
 
 def obtain_teacher(args, spec, splits, device):
     """The teacher(s) for `kdx train`, from the teacher store: reused when there, else built (or
-    extended to `--teacher-stop-epoch`) once and kept. `--teacher` takes the spec's teacher syntax:
-    'a', 'a<b' (a distilled from b: a TAKD assistant), 'a^g' (born-again generation g), 'a:sN'
-    (seed N), members joined by '+' or ',' (an ensemble). Links below the teacher used are distilled
+    extended to `--teacher-stop-epoch`) once and kept. `--teacher` takes the spec's teacher syntax
+    (explorer/teachers.py; ',' also joins an ensemble). Links below the teacher used are distilled
     with `--chain-method` at its defaults and used at their final epoch.
     Returns (model or list of models, metrics at the stop epoch, teacher kind)."""
     from types import SimpleNamespace
 
+    from .config import Recipe
     from .methods import get_method
-    from .spec import parse_teacher, teacher_kind
-    from .store import TeacherRecipe, TeacherStore, default_store_root
+    from .store import TeacherStore, default_store_root
+    from .teachers import parse_teacher, teacher_chains, teacher_kind
     from .train import default_device
 
-    members = parse_teacher(args.teacher.replace(",", "+"), args.seed, field="--teacher")
-    epochs = recipe_from_args(args, "teacher_", members[0][0][0], args.seed).epochs
-    stop = epochs if args.teacher_stop_epoch is None else args.teacher_stop_epoch
-    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= epochs:
-        raise bad_value("--teacher-stop-epoch", stop, f"allowed: a whole number from 1 to {epochs} "
+    entry = args.teacher.replace(",", "+")
+    recipe = Recipe(**{f: getattr(args, "teacher_" + f) for f in Recipe.model_fields})
+    stop = recipe.epochs if args.teacher_stop_epoch is None else args.teacher_stop_epoch
+    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= recipe.epochs:
+        raise bad_value("--teacher-stop-epoch", stop, f"allowed: a whole number from 1 to {recipe.epochs} "
                         f"(--teacher-epochs)")
     chain_method = get_method(args.chain_method)
     if not chain_method.needs_teacher or "plain" not in chain_method.teacher_kinds:
@@ -232,34 +239,24 @@ def obtain_teacher(args, spec, splits, device):
                         "(kd, ckm, wsl)")
     store = TeacherStore(args.store or default_store_root())
     models, infos = [], []
-    for chain in members:
-        parent = None
-        for depth, (arch, seed) in enumerate(reversed(chain)):
-            kw = {"method": args.chain_method} if depth else {}
-            cfg = recipe_from_args(args, "teacher_", arch, seed, **kw)
-            recipe = TeacherRecipe(spec, cfg, parent_key=parent)
-            head = depth == len(chain) - 1
-            want = stop if head else cfg.epochs
-            show = _progress(f"teacher {arch}" + (f" <{parent[:8]}" if parent else ""))
-            trainer_view = SimpleNamespace(cfg=cfg)  # what _progress reads from a trainer
-            record, built = store.ensure(recipe, [want], device=device, splits=splits,
-                                         on_epoch=lambda e, m, show=show, v=trainer_view: show(e, m, v))
+    for links in teacher_chains(entry, spec, recipe, args.seed, stop, (args.chain_method, {}), field="--teacher"):
+        for link in links:
+            show = _progress(f"teacher {link.arch}" + (f" <{link.recipe.parent_key[:8]}" if link.recipe.parent_key else ""))
+            view = SimpleNamespace(cfg=link.recipe.train)  # what _progress reads from a trainer
+            record, built = store.ensure(link.recipe, [link.epoch], device=device, splits=splits,
+                                         on_epoch=lambda e, m, show=show, v=view: show(e, m, v))
             how = "built and kept" if built else "reused"
-            print(f"teacher {record.label} [{record.key}] epoch {want}: {how} in {store.root}", flush=True)
-            parent = record.key
-        model, info = store.load_model(parent, stop, device=device or default_device())
+            print(f"teacher {record.label} [{record.key}] epoch {link.epoch}: {how} in {store.root}", flush=True)
+        model, info = store.load_model(links[-1].key, stop, device=device or default_device())
         models.append(model)
         infos.append(info)
-    kind = teacher_kind(members)
+    kind = teacher_kind(parse_teacher(entry, args.seed, field="--teacher"))
     if len(models) == 1:
         info = infos[0]
         return models[0], {"val_acc": info["val_acc"], "test_acc": info["test_acc"], "epoch": stop,
                            "key": info["key"]}, kind
     return models, {"val_acc": None, "test_acc": None, "epoch": stop,
                     "key": ",".join(i["key"] for i in infos)}, kind
-
-
-HPARAM_FLAGS = METHOD_PARAMS  # one list of method hyperparameters
 
 
 @command("train", "train one student (and its teacher, if named)", _train_args)
@@ -270,7 +267,9 @@ def cmd_train(args):
 
     method = args.method or ("kd" if args.teacher else "ce")
     m = get_method(method)
-    given = {k: getattr(args, k) for k in HPARAM_FLAGS if getattr(args, k) is not None}
+    from .methods import hparam_names
+
+    given = {k: getattr(args, k) for k in hparam_names() if getattr(args, k) is not None}
     known = {h.name for h in m.hparams}
     unused = sorted(set(given) - known)
     if unused:
@@ -282,7 +281,7 @@ def cmd_train(args):
     if m.needs_teacher and not args.teacher:
         raise bad_value("--teacher", None, f"method {method!r} needs a teacher; name one with --teacher")
     if args.teacher and m.needs_teacher:
-        from .spec import parse_teacher, teacher_kind
+        from .teachers import parse_teacher, teacher_kind
 
         members = parse_teacher(args.teacher.replace(",", "+"), args.seed, field="--teacher")
         problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == args.student)
@@ -357,29 +356,26 @@ def cmd_methods(args):
         print(f"    source: {r['source']}")
 
 
-# ------------------------------------------------------------------ entry point
+# ------------------------------------------------------------------ the parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    for module in EXTENSIONS:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+    """The parser of every registered command (`kdx/cli.py` registers the other layers' first)."""
     parser = argparse.ArgumentParser(prog="kdx", description="Explore knowledge-distillation hyperparameters "
                                      "and the teacher-student capacity gap.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in COMMANDS.values():
-        p = sub.add_parser(c.name, help=c.help, description=c.help)
-        c.add_arguments(p)
-        p.set_defaults(_run=c.run)
+        sp = sub.add_parser(c.name, help=c.help, description=c.help)
+        c.add_arguments(sp)
+        sp.set_defaults(_run=c.run)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(argv: list[str] | None = None) -> int:
+    """Parse and run one command; user-input problems print one line and return 2."""
+    import sys
+
+    args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except KdxError as e:
@@ -388,10 +384,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdx: interrupted", file=sys.stderr, flush=True)
         return 130
-
-
-if __name__ == "__main__":
-    # Run through the importable module so extensions register with the same COMMANDS table.
-    from explorer.cli import main as _main
-
-    sys.exit(_main())

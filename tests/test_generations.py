@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis.generations import ROWS, compare_generations, generation_plan
-from explorer.cli import main
+from kdx.cli import main
 from explorer.data import load_splits
 from explorer.errors import KdxError
 from explorer.spec import parse_spec

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.cli import main
+from kdx.cli import main
 from explorer.data import DataSpec, load_splits
 from explorer.errors import KdxError
 from explorer.methods import LossInputs, get_method

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from explorer.cli import main
+from kdx.cli import main
 from explorer.data import DataSpec, load_splits
 from explorer.train import SCHEDULES, Diverged, TrainConfig, Trainer, load_state, save_state
 

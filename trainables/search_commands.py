@@ -35,7 +35,7 @@ def _search_args(p):
 @command("search", "run a search spec on Ray Tune (local by default)", _search_args)
 def cmd_search(args):
     from explorer.errors import bad_value
-    from explorer.spec import load_spec, parse_spec
+    from explorer.spec import load_spec
 
     from .search import run_search
 
@@ -45,32 +45,10 @@ def cmd_search(args):
         if v is not None and v < 1:
             raise bad_value(f"--{flag.replace('_', '-')}", v, "allowed: a whole number >= 1")
     if args.epochs:
-        spec = parse_spec(spec.model_dump() | {"student": spec.student.model_dump() | {"epochs": args.epochs}})
+        spec = spec.replace("student.epochs", args.epochs)
     outcome = run_search(spec, text, address=args.address, storage=args.storage, tracking_uri=args.tracking_uri,
                          resume=args.resume, max_concurrent=args.max_concurrent, num_samples=args.num_samples,
                          dry_run=args.dry_run)
     if args.json and outcome is not None:
         print_json(vars(outcome))
     return 3 if outcome is not None and outcome.interrupted else 0
-
-
-def _confirm_args(p):
-    p.add_argument("name", metavar="NAME", help="the search's name (its MLflow experiment)")
-    p.add_argument("--top", type=int, default=3, help="how many of the best configurations to re-run (default 3)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration and baseline (default 5)")
-    p.add_argument("--address", default=None, help="join a running Ray cluster")
-    p.add_argument("--storage", default=None, help="Ray results and teacher store: a shared path or URI")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under ./kdx_runs)")
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--json", action="store_true", help="last line: the outcome as one JSON object")
-
-
-@command("confirm", "re-run the best configurations and the CE baseline over several seeds", _confirm_args)
-def cmd_confirm(args):
-    from .confirm import run_confirm
-
-    outcome = run_confirm(args.name, top=args.top, seeds=args.seeds, tracking_uri=args.tracking_uri,
-                          storage=args.storage, address=args.address, max_concurrent=args.max_concurrent)
-    if args.json:
-        print_json(vars(outcome))
-    return 3 if outcome.interrupted else 0

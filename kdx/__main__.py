@@ -1,0 +1,5 @@
+import sys
+
+from kdx.cli import main
+
+sys.exit(main())

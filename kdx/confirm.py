@@ -1,0 +1,56 @@
+"""`kdx confirm NAME`: the analysis picks the best configurations from MLflow (by validation only),
+the trainables re-run them over several seeds with the CE baseline (trainables/confirm.py)."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from explorer.cli import command, print_json
+from explorer.errors import KdxError
+from explorer.spec import parse_spec
+
+
+def _confirm_args(p):
+    p.add_argument("name", metavar="NAME", help="the search's name (its MLflow experiment)")
+    p.add_argument("--top", type=int, default=3, help="how many of the best configurations to re-run (default 3)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration and baseline (default 5)")
+    p.add_argument("--address", default=None, help="join a running Ray cluster")
+    p.add_argument("--storage", default=None, help="Ray results and teacher store: a shared path or URI")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under ./kdx_runs)")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="last line: the outcome as one JSON object")
+
+
+@command("confirm", "re-run the best configurations and the CE baseline over several seeds", _confirm_args)
+def cmd_confirm(args):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import find_parent_run, load_trials
+    from analysis.sweetspot import best_configs
+    from trainables.confirm import run_confirm
+    from trainables.search import check_tracking, locations
+
+    for flag, v, low in (("--top", args.top, 1), ("--seeds", args.seeds, 2)):
+        if v < low:
+            raise KdxError(f"{flag}: got {v}; allowed: a whole number >= {low}.")
+    loc = locations(args.storage, args.tracking_uri)
+    check_tracking(loc.tracking_uri)
+    parent = find_parent_run(args.name, loc.tracking_uri)
+    if parent is None:
+        raise KdxError(f"NAME: got {args.name!r}; no `kdx search` parent run in that experiment at "
+                       f"{loc.tracking_uri}; run the search first.")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    path = MlflowClient(tracking_uri=loc.tracking_uri).download_artifacts(parent.info.run_id, "spec.yaml")
+    with open(path) as f:
+        text = f.read()
+    spec = parse_spec(yaml.safe_load(text))
+    configs = best_configs(load_trials(args.name, loc.tracking_uri), args.top, spec.search.metric, spec.search.mode)
+    if not configs:
+        raise KdxError(f"NAME: got {args.name!r}; the search has no completed distilled trials to confirm yet.")
+    outcome = run_confirm(spec, text, configs, list(range(args.seeds)), args.top, loc, address=args.address,
+                          max_concurrent=args.max_concurrent)
+    if args.json:
+        print_json(vars(outcome))
+    return 3 if outcome.interrupted else 0
