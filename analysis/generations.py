@@ -28,7 +28,6 @@ trainables.plan.make_plan on the spec with those teacher entries, so they are ex
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,10 +39,19 @@ from explorer.errors import KdxError, bad_value
 from explorer.models import is_known_model
 from explorer.spec import SearchSpec, load_spec
 from explorer.store import TeacherRecipe, TeacherStore
-from explorer.teachers import teacher_chains
+from explorer.teachers import parse_teacher, teacher_chains
 
 ROWS = ("scratch", "last_generation", "generations_ensemble", "scratch_ensemble")
-_GEN = re.compile(r"(.+)\^([0-9]+)")
+
+
+def _generation(entry: str, seed: int) -> tuple[str, int] | None:
+    """(arch, g) of a plain entry 'a' (g = 0) or a born-again one 'a^g' (read with the one teacher-syntax
+    parser); None for chains of other architectures, ensembles and seeded entries."""
+    (chain, *others) = parse_teacher(entry, seed)
+    arch = chain[0][0]
+    if others or chain != [(arch, seed + k) for k in range(len(chain) - 1, -1, -1)]:
+        return None
+    return arch, len(chain) - 1
 
 
 def _as_spec(spec: SearchSpec | str | Path) -> SearchSpec:
@@ -57,10 +65,9 @@ def _defaults(spec: SearchSpec, arch: str | None, generations: int | None) -> tu
     t = spec.teachers
     if arch is None:
         for entry in t.archs:
-            m = _GEN.fullmatch(entry)
-            name = m.group(1) if m else entry
-            if is_known_model(name):
-                arch = name
+            found = _generation(entry, t.seed)
+            if found:
+                arch = found[0]
                 break
         else:
             raise KdxError(f"arch: got none and the spec's teachers.archs {t.archs} has no plain architecture; "
@@ -68,7 +75,7 @@ def _defaults(spec: SearchSpec, arch: str | None, generations: int | None) -> tu
     elif not is_known_model(arch):
         raise bad_value("arch", arch, "allowed: an architecture from `kdx models`")
     if generations is None:
-        written = [int(m.group(2)) for e in t.archs if (m := _GEN.fullmatch(e)) and m.group(1) == arch]
+        written = [g for a, g in filter(None, (_generation(e, t.seed) for e in t.archs)) if a == arch]
         generations = t.generations or max(written, default=0)
         if generations < 1:
             raise KdxError(f"generations: got none; the spec names no born-again generations of {arch} "
