@@ -2,8 +2,13 @@
 
 - `analysis.runs`: MLflow -> pandas (`load_trials`, `load_histories`, `find_parent_run`,
   `default_tracking_uri`);
-- `analysis.sweetspot`: one pure function per question on the trials frame;
-- `analysis.report`: Markdown/HTML/CSV/PNG report and `attach_to_parent`;
+- `analysis.configs`: the rules every question shares: which trials count, what a config is
+  (`config_columns`, derived from what the runs logged), the best trial (`best_trial`), the best
+  configs to confirm (`best_configs`);
+- `analysis.sweetspot`: one pure function per question on the trials frame (imported from
+  `analysis.teachers`, `analysis.hparams`, `analysis.gain`);
+- `analysis.report`: Markdown/HTML/CSV report and `attach_to_parent` (plots: `analysis.plots`,
+  sentences: `analysis.words`);
 - `analysis.commands`: the `kdx analyze` command.
 
 The names below are imported on first use, so `import analysis` (which the `kdx` CLI does for
@@ -17,6 +22,8 @@ _EXPORTS = {
     "Answer": "sweetspot", "capacity_curve": "sweetspot", "diagnostics": "sweetspot", "kd_gain": "sweetspot",
     "param_importance": "sweetspot", "status_counts": "sweetspot", "stop_epoch_table": "sweetspot",
     "summary": "sweetspot", "sweet_spot": "sweetspot", "temperature_alpha_map": "sweetspot",
+    "best_configs": "configs", "best_trial": "configs", "completed": "configs", "config_columns": "configs",
+    "rank_trials": "configs", "param_columns": "runs",
     "attach_to_parent": "report", "write_report": "report",
 }
 

@@ -9,7 +9,6 @@ from explorer.cli import command, print_json
 from explorer.errors import KdxError
 
 
-
 def _analyze_args(p):
     p.add_argument("name", help="the search's name (its spec's `name`, the MLflow experiment)")
     p.add_argument("--tracking-uri", default=None,
@@ -30,6 +29,12 @@ def _num(v):
     return f"{v:g}"
 
 
+def _other(config: dict | None) -> str:
+    """The best config's other set values (`teacher_temperature`, `student.lr`, ...) as ", k=v"."""
+    return "".join(f", {k}={_num(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v}"
+                   for k, v in (config or {}).items())
+
+
 def summary_lines(name: str, summ: dict) -> list[str]:
     t = summ["trials"]
     counts = ", ".join(f"{t[s]} {s}" for s in t if s != "total" and t[s])
@@ -40,7 +45,8 @@ def summary_lines(name: str, summ: dict) -> list[str]:
         lines.append(
             f"student {s['student']}: teacher {s['teacher']} (stop epoch {_num(s['teacher_stop_epoch'])} of "
             f"{_num(s['teacher_epochs'])}), T={_num(s['temperature'])}, alpha={_num(s['alpha'])}, "
-            f"kd_stop={_num(s['kd_stop_epoch'])} -> val {_fmt(s['val_acc'])} test {_fmt(s['test_acc'])} "
+            f"kd_stop={_num(s['kd_stop_epoch'])}{_other(s.get('other_config'))} -> val {_fmt(s['val_acc'])} "
+            f"test {_fmt(s['test_acc'])} "
             f"(config mean over {s['n_seeds']} seed{'' if s['n_seeds'] == 1 else 's'}: val {_fmt(s['val_acc_mean'])})")
         for metric, g in s["kd_gain"].items():
             if g["test"] is None:

@@ -1,9 +1,9 @@
 """The sweet-spot report: Markdown + HTML (same content), PNG plots, a CSV of all trials, a JSON
 summary; and `attach_to_parent`, which logs them to the parent search run in MLflow.
 
-Plots use matplotlib's object API (`matplotlib.figure.Figure`, Agg canvas), so importing this
-module never changes the pyplot backend of the caller. The HTML page has inline CSS, no scripts
-and no external resources; images are referenced by relative path (they sit beside it).
+The plots are `analysis.plots`, the sentences `analysis.words`; this module lays them out. The HTML
+page has inline CSS, no scripts and no external resources; images are referenced by relative path
+(they sit beside it).
 """
 
 from __future__ import annotations
@@ -18,47 +18,11 @@ import numpy as np
 import pandas as pd
 
 from . import sweetspot as ss
+from .plots import PLOTS, plot_capacity, plot_diag, plot_forest, plot_stop, plot_ta  # noqa: F401 (PLOTS re-exported)
+from .words import (acc, capacity_words, diag_words, gain_words, isnum, missing, num, pval, signed, stop_words,
+                    ta_words)
 
-PLOTS = ("capacity_curve", "stop_epoch_heatmap", "temperature_alpha", "kd_gain_forest", "diagnostics")
 MAX_LISTED = 50
-
-# ------------------------------------------------------------------ formatting
-
-
-def _isnum(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _nan(v) -> bool:
-    return v is None or (_isnum(v) and not math.isfinite(float(v))) or v is pd.NaT
-
-
-def acc(v) -> str:
-    return "n/a" if _nan(v) else f"{float(v):.4f}"
-
-
-def signed(v) -> str:
-    return "n/a" if _nan(v) else f"{float(v):+.4f}"
-
-
-def num(v) -> str:
-    if _nan(v):
-        return "n/a"
-    v = float(v)
-    if v.is_integer():
-        return f"{int(v):,}" if abs(v) >= 1e4 else str(int(v))
-    return f"{v:.4g}"
-
-
-def pval(v) -> str:
-    if _nan(v):
-        return "n/a"
-    return f"{v:.3g}" if v >= 1e-4 else f"{v:.1e}"
-
-
-def stop(v) -> str:
-    return "never" if _nan(v) else num(v)
-
 
 ACC_COLUMNS = {"val_acc", "test_acc", "val_acc_mean", "val_acc_std", "test_acc_mean", "err", "teacher_val_acc",
                "teacher_val_acc_max", "baseline_val_acc", "baseline_test_acc", "mean", "std", "max", "test_mean",
@@ -70,17 +34,18 @@ SIGNED_COLUMNS = {"diff", "ci_low", "ci_high"}
 def _cell(col: str, v) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
-    if _nan(v):
-        return "never" if col == "kd_stop_epoch" and v is not None else ("-" if v is None or _isnum(v) else str(v))
+    if missing(v):
+        return "never" if col == "kd_stop_epoch" and v is not None else ("-" if v is None or isnum(v) else str(v))
     if col in ACC_COLUMNS:
         return acc(v)
     if col in SIGNED_COLUMNS:
         return signed(v)
     if col.startswith("p_value"):
         return pval(v)
-    if _isnum(v):
+    if isnum(v):
         return num(v)
     return str(v)
+
 
 
 # ------------------------------------------------------------------ document model
@@ -174,324 +139,6 @@ th{background:#eef0f5}tr:nth-child(even) td{background:#f8f9fb}
 figcaption{font-size:.85em;color:#555}code{background:#f0f0f3;padding:0 .2em;border-radius:3px}
 """
 
-# ------------------------------------------------------------------ plots
-
-
-def _figure(n_panels: int, width: float = 5.0, height: float = 3.8):
-    from matplotlib.figure import Figure
-
-    cols = min(n_panels, 3)
-    rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(width * cols, height * rows), dpi=100, layout="constrained")
-    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n_panels)]
-    return fig, axes
-
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, format="png")
-    return path
-
-
-def _plot_capacity(cap: ss.Answer, path: Path) -> Path | None:
-    from matplotlib.ticker import NullFormatter
-
-    students = sorted(cap.by_student)
-    if not students:
-        return None
-    fig, axes = _figure(len(students))
-    for ax, student in zip(axes, students):
-        t = cap.table[cap.table["student"] == student]
-        info = cap.by_student[student]
-        x = t["teacher_params"].to_numpy(float)
-        use_log = np.isfinite(x).all() and (x > 0).all()
-        if not use_log:
-            x = np.arange(len(t), dtype=float)
-        y = t["val_acc"].to_numpy(float)
-        err = t["err"].to_numpy(float)
-        ax.errorbar(x, y, yerr=np.where(np.isfinite(err), err, 0), marker="o", capsize=4, label="best run (±std)")
-        multi = t["n_seeds"].to_numpy() >= 2
-        if multi.any():
-            ax.scatter(x[multi], t["val_acc_mean"].to_numpy(float)[multi], marker="D", facecolors="none",
-                       edgecolors="C2", label="mean over seeds of best config", zorder=3)
-        peak = t["teacher"].tolist().index(info["sweet_spot_teacher"])
-        ax.scatter([x[peak]], [y[peak]], marker="*", s=220, color="C3", zorder=4, label="sweet spot")
-        if not _nan(info.get("baseline_val_acc")):
-            ax.axhline(info["baseline_val_acc"], ls="--", color="grey", label="CE baseline (mean)")
-        for xi, yi, name, ratio in zip(x, y, t["teacher"], t["capacity_ratio"]):
-            label = name if _nan(ratio) else f"{name} (x{float(ratio):.3g})"
-            ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-        ax.margins(x=0.12, y=0.18)
-        if use_log:
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("teacher parameters (log scale)")
-        else:
-            ax.set_xticks(x, t["teacher"].tolist())
-            ax.set_xlabel("teacher")
-        ax.set_ylabel("student val acc (final epoch)")
-        ax.set_title(f"student {student}: {info['shape']}")
-        ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
-
-
-def _annotated_heatmap(fig, ax, grid: np.ndarray, labels: np.ndarray, cmap: str, bar: str, fontsize: int,
-                       origin: str = "upper") -> None:
-    """Colour the finite cells of `grid` and write `labels` in them, dark text on light cells."""
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", origin=origin)
-    fig.colorbar(im, ax=ax, label=bar)
-    for (i, j), v in np.ndenumerate(grid):
-        if np.isfinite(v):
-            ax.text(j, i, labels[i, j], ha="center", va="center", fontsize=fontsize,
-                    color="white" if v < np.nanmean(grid) else "black")
-
-
-def _plot_stop(stop_ans: ss.Answer, path: Path) -> Path | None:
-    students = sorted(stop_ans.by_student)
-    if not students:
-        return None
-    fig, axes = _figure(len(students))
-    for ax, student in zip(axes, students):
-        t = stop_ans.table[stop_ans.table["student"] == student]
-        teachers = list(dict.fromkeys(t["teacher"]))
-        stops = sorted(t["teacher_stop_epoch"].unique())
-        grid = np.full((len(teachers), len(stops)), np.nan)
-        labels = np.full(grid.shape, "", dtype=object)
-        for _, r in t.iterrows():
-            i, j = teachers.index(r["teacher"]), stops.index(r["teacher_stop_epoch"])
-            grid[i, j] = r["val_acc"]
-            labels[i, j] = f"{r['val_acc']:.3f}{'*' if r['full'] is True else ''}"
-        _annotated_heatmap(fig, ax, grid, labels, "viridis", "student val acc", 8)
-        ax.set_xticks(range(len(stops)), [num(s) for s in stops])
-        ax.set_yticks(range(len(teachers)), teachers)
-        ax.set_xlabel("teacher stop epoch (* = fully trained)")
-        ax.set_ylabel("teacher (small to large)")
-        ax.set_title(f"student {student}")
-    return _save(fig, path)
-
-
-def _plot_ta(ta: ss.Answer, path: Path) -> Path | None:
-    students = sorted(ta.by_student)
-    if not students:
-        return None
-    fig, axes = _figure(len(students))
-    for ax, student in zip(axes, students):
-        t = ta.table[ta.table["student"] == student]
-        ts = list(dict.fromkeys(t.sort_values("T_lo")["T_bin"]))
-        al = list(dict.fromkeys(t.sort_values("alpha_lo")["alpha_bin"]))
-        grid = np.full((len(ts), len(al)), np.nan)
-        labels = np.full(grid.shape, "", dtype=object)
-        for _, r in t.iterrows():
-            i, j = ts.index(r["T_bin"]), al.index(r["alpha_bin"])
-            grid[i, j], labels[i, j] = r["mean"], f"{r['mean']:.3f}\nn={int(r['n'])}"
-        _annotated_heatmap(fig, ax, grid, labels, "magma", "mean student val acc", 7, origin="lower")
-        ax.set_xticks(range(len(al)), al, rotation=30)
-        ax.set_yticks(range(len(ts)), ts)
-        ax.set_xlabel("alpha")
-        ax.set_ylabel("temperature T")
-        scope = ta.by_student[student]["scope"]
-        ax.set_title(f"student {student} ({'sweet-spot checkpoint' if scope == 'sweet_spot' else 'all teachers'})")
-    return _save(fig, path)
-
-
-def _plot_forest(gain: ss.Answer, path: Path) -> Path | None:
-    t = gain.table
-    if not len(t):
-        return None
-    fig, axes = _figure(1, width=7.0, height=1.2 + 0.5 * len(t))
-    ax = axes[0]
-    labels = []
-    for i, (_, r) in enumerate(t.iloc[::-1].iterrows()):
-        color = "C0" if r["metric"] == "val_acc" else "C1"
-        if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
-            ax.errorbar([r["diff"]], [i], xerr=[[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]], fmt="o",
-                        color=color, capsize=4)
-            note = f"{r['test']}, p={pval(r['p_value'])}"
-        else:
-            ax.plot([r["diff"]], [i], "x", color=color)
-            note = "not enough seeds" if min(r["n_kd"], r["n_base"]) < 2 else "no interval"
-        labels.append(f"{r['student']} {r['metric']} (n={r['n_kd']}/{r['n_base']}; {note})")
-    ax.axvline(0, color="grey", ls="--")
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    conf = t["confidence"].iloc[0]
-    ax.set_xlabel(f"KD - CE baseline (mean difference, {conf:.0%} interval)")
-    ax.set_title("KD gain: best distilled config vs CE-only baseline")
-    return _save(fig, path)
-
-
-def _plot_diag(diag: ss.Answer, path: Path) -> Path | None:
-    from matplotlib.ticker import NullFormatter
-
-    t = diag.table
-    if not len(t):
-        return None
-    fig, (a1, a2) = _figure(2)
-    for student, g in t.groupby("student"):
-        x = g["teacher_params"].to_numpy(float)
-        a1.plot(x, g["kd_agreement"], marker="o", label=student)
-        a2.plot(x, g["train_kd"], marker="o", label=student)
-        for xi, yi, name in zip(x, g["kd_agreement"], g["teacher"]):
-            a1.annotate(name, (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
-    for ax, yl in ((a1, "KD agreement (student = teacher on val, final epoch)"),
-                   (a2, "KD loss train_kd (final epoch)")):
-        x = t["teacher_params"].to_numpy(float)
-        if np.isfinite(x).all() and (x > 0).all():
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.margins(x=0.1, y=0.12)
-        ax.set_xlabel("teacher parameters")
-        ax.set_ylabel(yl, fontsize=8)
-        ax.legend(title="student", fontsize=7)
-    a1.set_title("agreement vs teacher size")
-    a2.set_title("KD loss vs teacher size")
-    return _save(fig, path)
-
-
-# ------------------------------------------------------------------ words
-
-
-def _teacher_desc(r: dict) -> str:
-    ratio = r.get("sweet_spot_capacity_ratio", r.get("capacity_ratio"))
-    params = r.get("sweet_spot_params", r.get("teacher_params"))
-    bits = []
-    if not _nan(params):
-        bits.append(f"{num(params)} params")
-    if not _nan(ratio):
-        bits.append(f"capacity ratio {float(ratio):.3g}")
-    return f" ({', '.join(bits)})" if bits else ""
-
-
-def _capacity_words(cap: ss.Answer) -> list[str]:
-    out = []
-    for student, f in cap.by_student.items():
-        s = (f"Student `{student}`: the sweet-spot teacher is `{f['sweet_spot_teacher']}`{_teacher_desc(f)}, "
-             f"student val acc {acc(f['sweet_spot_val_acc'])} (test {acc(f['sweet_spot_test_acc'])}). ")
-        n = len(f["teachers"])
-        order = "ordered by size" if f["sizes_known"] else "ordered by size where logged (some sizes missing)"
-        if f["shape"] == "rises then falls":
-            s += (f"Over {n} teachers {order} the curve rises then falls: it rises by "
-                  f"{acc(f['rise_to_peak'])} up to `{f['sweet_spot_teacher']}`, then falls from "
-                  f"`{f['falls_after']}` on, ending {acc(f['fall_from_peak'])} below the peak. ")
-        elif f["shape"] == "rises":
-            s += f"Over {n} teachers {order} the curve rises to the largest teacher (no fall seen). "
-        elif f["shape"] == "falls":
-            s += f"Over {n} teachers {order} the curve falls from the smallest teacher on. "
-        else:
-            s += f"Curve: {f['shape']}. "
-        if f["most_accurate_teacher"] is not None:
-            s += (f"The most accurate teacher is `{f['most_accurate_teacher']}`; it "
-                  f"{'is' if f['best_is_most_accurate'] else 'is not'} the best teacher.")
-        if not _nan(f.get("baseline_val_acc")):
-            s += f" CE-only baseline: mean val acc {acc(f['baseline_val_acc'])} over {_plural(f['n_baseline'], 'run')}."
-        for t in f.get("teachers_not_completed", []):
-            how = ", ".join(f"{n} {st}" for st, n in t["statuses"].items())
-            s += (f" Not on the curve: `{t['teacher']}` had {_plural(t['n_trials'], 'trial')} and none completed ({how}); "
-                  f"its best student reached val acc {acc(t['best_val_acc'])} at epoch {t['at_epoch']}, before it "
-                  "was stopped.")
-        out.append(s)
-    return out
-
-
-def _stop_words(st: ss.Answer) -> list[str]:
-    out = []
-    for student, f in st.by_student.items():
-        per = ", ".join(f"`{t}` {num(e)}" for t, e in f["best_stop_by_teacher"].items())
-        s = f"Student `{student}`: best teacher stop epoch per teacher: {per}. "
-        bf, be = f["best_full"], f["best_early"]
-        if bf is None:
-            s += ("No fully trained teacher checkpoint was used (teacher_stop_epoch == teacher_epochs), "
-                  "so no comparison. ")
-        elif be is None:
-            s += "Only fully trained teachers were used, so no early-stopped comparison. "
-        else:
-            s += (f"The best fully trained teacher is `{bf['teacher']}` (epoch {num(bf['teacher_stop_epoch'])}), "
-                  f"student val acc {acc(bf['val_acc'])}. ")
-            if f["early_beats_best_full"]:
-                w = "; ".join(f"`{c['teacher']}` stopped at {num(c['teacher_stop_epoch'])} of "
-                              f"{num(c['teacher_epochs'])}: {acc(c['val_acc'])}" for c in f["early_winners"])
-                n_w = len(f["early_winners"])
-                s += f"{_plural(n_w, 'early-stopped checkpoint')} beat{'s' if n_w == 1 else ''} it: {w}. "
-            else:
-                s += (f"No early-stopped checkpoint beats it (best early-stopped: `{be['teacher']}` at "
-                      f"{num(be['teacher_stop_epoch'])}, {acc(be['val_acc'])}). ")
-            lb = f["largest_teacher_early_beats_best_full"]
-            if lb is not None:
-                s += (f"The largest teacher `{f['largest_teacher']}`, early-stopped, "
-                      f"{'beats' if lb else 'does not beat'} the best fully trained teacher.")
-        out.append(s)
-    return out
-
-
-def _ta_words(ta: ss.Answer) -> list[str]:
-    out = []
-    for student, f in ta.by_student.items():
-        if f["scope"] == "sweet_spot":
-            scope = (f"runs with the sweet-spot teacher checkpoint (`{f['teacher']}` at epoch "
-                     f"{num(f['teacher_stop_epoch'])}), so T and alpha are not mixed with teacher effects")
-        else:
-            scope = ("all distilled runs pooled over teachers and stop epochs (T and alpha are confounded with "
-                     "the teacher)")
-        bc, br = f["best_cell"], f["best_run"]
-        s = (f"Student `{student}` ({_plural(f['n_runs'], 'run')}, {_plural(f['n_cells'], 'cell')}; "
-             f"scope: {scope}). Best cell: T = {bc['temperature']}, alpha = {bc['alpha']}, mean val acc "
-             f"{acc(bc['mean'])} over {_plural(bc['n'], 'run')}; "
-             f"best single run: T = {num(br['temperature'])}, alpha = {num(br['alpha'])} ({acc(br['val_acc'])}). "
-             f"Cell means span {acc(f['cell_mean_range'])}; the top {_plural(f['top_k'], 'run')} lie within "
-             f"{acc(f['top_k_spread'])}, so the response near the optimum is "
-             f"{'flat' if f['flat'] else 'not flat'} (threshold {acc(f['flat_threshold'])}).")
-        out.append(s)
-    return out
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def _gain_phrase(metric: str, st: dict, short: bool) -> str:
-    seeds = f"{st['n_kd']} distilled vs {st['n_base']} baseline seed{'' if st['n_base'] == 1 else 's'}"
-    if st["test"] is None:
-        return f"{metric} {signed(st['diff'])} ({seeds}): {st['verdict']}"
-    ci = f"{st['confidence']:.0%} CI [{signed(st['ci_low'])}, {signed(st['ci_high'])}]"
-    if short:
-        return f"{metric} {signed(st['diff'])}, {ci}, {st['test']} p = {pval(st['p_value'])}"
-    return (f"{metric} {signed(st['diff'])}, {ci} ({st['test']}, p = {pval(st['p_value'])}, Welch p = "
-            f"{pval(st['p_value_welch'])}; {seeds}): {st['verdict']}")
-
-
-def _gain_words(gain: ss.Answer, short: bool = False) -> list[str]:
-    out = []
-    for student, g in gain.by_student.items():
-        c = g["config"]
-        cfg = (f"`{c['teacher']}` at stop epoch {stop(c['teacher_stop_epoch'])}, method {c['method']}, "
-               f"T = {num(c['temperature'])}, alpha = {num(c['alpha'])}, KD stop {stop(c['kd_stop_epoch'])}")
-        parts = [_gain_phrase(m, g[m], short) for m in ("val_acc", "test_acc") if m in g]
-        if short:
-            out.append(f"Student `{student}`: KD gain over the CE baseline: " + "; ".join(parts) + ".")
-        else:
-            out.append(f"Student `{student}`, best config {cfg}. " + " / ".join(parts) + ".")
-    return out
-
-
-def _diag_words(diag: ss.Answer) -> list[str]:
-    out = []
-    for student, f in diag.by_student.items():
-        ra, rk = f["spearman_agreement_vs_params"], f["spearman_kd_loss_vs_params"]
-        n = int((diag.table["student"] == student).sum())
-        if _nan(ra) and _nan(rk):
-            out.append(f"Student `{student}`: {_plural(n, 'teacher')}; too few (or no variation) for a rank "
-                       "correlation.")
-            continue
-        s = f"Student `{student}` ({n} teachers): "
-        if not _nan(ra):
-            trend = "falls" if ra < 0 else "rises" if ra > 0 else "does not change"
-            s += f"KD agreement {trend} with teacher size (Spearman rho {ra:+.2f}); "
-        if not _nan(rk):
-            trend = "rises" if rk > 0 else "falls" if rk < 0 else "does not change"
-            s += f"KD loss {trend} with teacher size (rho {rk:+.2f}); "
-        s += f"lowest agreement with `{f['lowest_agreement_teacher']}` (largest teacher: `{f['largest_teacher']}`)."
-        out.append(s)
-    return out
-
-
 # ------------------------------------------------------------------ report
 
 
@@ -510,8 +157,8 @@ def _pivot(table: pd.DataFrame, index: str, columns: str, values: str, row_order
     piv = table.pivot_table(index=index, columns=columns, values=values, aggfunc="first", sort=False)
     piv = piv.reindex(index=[r for r in row_order if r in piv.index],
                       columns=[c for c in col_order if c in piv.columns])
-    out = piv.map(lambda v: "-" if _nan(v) else fmt(v))
-    out.columns = [str(c) if not _isnum(c) else num(c) for c in out.columns]
+    out = piv.map(lambda v: "-" if missing(v) else fmt(v))
+    out.columns = [str(c) if not isnum(c) else num(c) for c in out.columns]
     return out.reset_index()
 
 
@@ -533,9 +180,9 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     imp = ss.param_importance(df)
 
     paths: dict[str, str] = {}
-    plotters = {"capacity_curve": (_plot_capacity, cap), "stop_epoch_heatmap": (_plot_stop, stop_ans),
-                "temperature_alpha": (_plot_ta, ta), "kd_gain_forest": (_plot_forest, gain),
-                "diagnostics": (_plot_diag, diag)}
+    plotters = {"capacity_curve": (plot_capacity, cap), "stop_epoch_heatmap": (plot_stop, stop_ans),
+                "temperature_alpha": (plot_ta, ta), "kd_gain_forest": (plot_forest, gain),
+                "diagnostics": (plot_diag, diag)}
     for name, (fn, ans) in plotters.items():
         p = fn(ans, out / f"{name}.png")
         if p is not None:
@@ -559,10 +206,11 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     d.h(2, "Summary")
     if len(spots):
         d.p("Best distilled configuration per student (chosen by val_acc; test_acc only reported):")
+        other = [c for c in spots.columns if c not in ss.SWEET_SPOT_COLUMNS]  # e.g. teacher_temperature, student.lr
         d.table(spots, ["student", "teacher", "teacher_params", "capacity_ratio", "teacher_stop_epoch",
-                        "teacher_epochs", "method", "temperature", "alpha", "kd_stop_epoch", "val_acc", "test_acc",
-                        "val_acc_mean", "n_seeds", "baseline_val_acc", "baseline_test_acc", "n_baseline"])
-        d.bullets(_gain_words(gain, short=True))
+                        "teacher_epochs", "method", "temperature", "alpha", "kd_stop_epoch", *other, "val_acc",
+                        "test_acc", "val_acc_mean", "n_seeds", "baseline_val_acc", "baseline_test_acc", "n_baseline"])
+        d.bullets(gain_words(gain, short=True))
     else:
         d.p("No completed distilled trials yet: nothing to compare.")
 
@@ -577,7 +225,7 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     d.p("Seed 004 section 5.1, seed 001 table 2. One point per teacher architecture: its best run by final "
         "val_acc (best KD hyperparameters and stop epoch for that teacher). Error bars: the std over the seeds "
         "of that config when it has several, else the std of that teacher's top 3 runs.")
-    d.bullets(_capacity_words(cap))
+    d.bullets(capacity_words(cap))
     d.table(cap.table, ["student", "teacher", "teacher_params", "capacity_ratio", "teacher_val_acc_max", "val_acc",
                         "test_acc", "val_acc_mean", "err", "n_seeds", "n_runs", "teacher_stop_epoch", "temperature",
                         "alpha", "kd_stop_epoch"])
@@ -587,7 +235,7 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     d.h(2, "3. Teacher stop epoch")
     d.p("Seed 004 section 5.5. Each cell: the best run with that teacher checkpoint. A checkpoint is fully "
         "trained when teacher_stop_epoch == teacher_epochs.")
-    d.bullets(_stop_words(stop_ans))
+    d.bullets(stop_words(stop_ans))
     for student in sorted(stop_ans.by_student):
         t = stop_ans.table[stop_ans.table["student"] == student]
         d.p(f"Student `{student}`: student val acc by teacher (rows, small to large) and teacher stop epoch "
@@ -600,7 +248,7 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
 
     d.h(2, "4. Temperature and alpha")
     d.p("Seed 001 table 1. Mean student val acc per (T, alpha) cell.")
-    d.bullets(_ta_words(ta))
+    d.bullets(ta_words(ta))
     for student in sorted(ta.by_student):
         t = ta.table[ta.table["student"] == student]
         t = t.assign(cell=[f"{acc(m)} (n={n})" for m, n in zip(t["mean"], t["n"])])
@@ -616,7 +264,7 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
         "exactly the same seeds, Welch's t otherwise; runs of one seed are averaged first. Fewer than 2 seeds on "
         "either side: no interval (not enough seeds). The val_acc gain is optimistic (the config was chosen on "
         "val_acc); the test_acc gain is the fairer estimate.")
-    d.bullets(_gain_words(gain))
+    d.bullets(gain_words(gain))
     d.table(gain.table, ["student", "metric", "teacher", "teacher_stop_epoch", "temperature", "alpha", "kd_mean",
                          "n_kd", "base_mean", "n_base", "diff", "ci_low", "ci_high", "test", "p_value",
                          "p_value_welch", "arms_overlap", "verdict"])
@@ -628,15 +276,16 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
         "predict the same class, at the final epoch; train_kd: the final epoch's KD loss term (runs whose KD "
         "was switched off before the end are left out of it). Values at each teacher's best config (mean "
         "over its seeds) and over all its completed runs (_all).")
-    d.bullets(_diag_words(diag))
+    d.bullets(diag_words(diag))
     d.table(diag.table)
     if "diagnostics" in paths:
         d.img("diagnostics.png", "KD agreement and KD loss vs teacher parameters")
 
     d.h(2, "7. Parameter importance")
-    d.p("Importance of the searched parameters that varied (temperature, alpha, teacher_params, "
-        "teacher_stop_epoch, kd_stop_epoch) for the final val_acc of completed distilled trials: "
-        "optuna.importance with the fANOVA evaluator (fixed seed) on an in-memory study built from the runs.")
+    d.p("Importance, for the final val_acc of completed distilled trials, of every config parameter that took "
+        "more than one value among them (numbers as ranges, anything else as categories; different teachers as "
+        "their size, teacher_params): optuna.importance with the fANOVA evaluator (fixed seed) on an in-memory "
+        "study built from the runs.")
     d.bullets([f"Student `{s}`: {f['note']}" for s, f in imp.by_student.items() if f["note"]])
     if len(imp.table):
         d.table(imp.table)
@@ -648,7 +297,9 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
         "Selection uses val_acc only; test_acc is reported beside it.",
         "Only status `completed` enters comparisons; pruned, diverged, failed and running trials are counted "
         "and listed in section 1.",
-        "A config = all params except the seed (and derived parameter counts); its seeds come from the search "
+        "A config = every param a trial logged except the seed and the derived ones (parameter counts, the "
+        "teacher's recipe facts), so runs that differ in any method hyperparameter or searched axis are different "
+        "configs; a config's seeds come from the search "
         "and from `kdx confirm` re-runs. Picking the max over many configs favours lucky runs; the mean over "
         "the config's seeds and the KD gain across seeds are the checks on that.",
         "Accuracies are fractions (0.8 = 80%); differences are in the same units.",

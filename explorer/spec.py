@@ -28,7 +28,7 @@ from .data import DataCondition, DataSpec
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
-from .teachers import TEACHER_SYNTAX, parse_teacher, teacher_kind  # noqa: F401  (the spec's teacher syntax)
+from .teachers import TEACHER_SYNTAX, parse_teacher, teacher_chains, teacher_kind  # noqa: F401  (the spec's syntax)
 
 # The distill keys: the method and every hyperparameter any registered method declares.
 AXES = ("method", *hparam_names())
@@ -287,17 +287,12 @@ class SearchSpec(Strict):
         return Recipe(**fields).train_config(arch, seed, method, method_params)
 
     def teacher_configs(self) -> list[tuple[str, int, TrainConfig]]:
-        """(arch, stop epoch, teacher TrainConfig) for every teacher the space can ask for."""
+        """(entry, stop epoch, the TrainConfig of the teacher used there) for every teacher entry and
+        stop epoch of `teachers.archs` (the heads of `teacher_chains`; one per member of an ensemble)."""
         t = self.teachers
-        out = []
-        for arch in t.archs:
-            for stop in t.stops():
-                if t.early_stop_schedule:
-                    cfg = t.recipe.train_config(arch, t.seed, epochs=stop, schedule="early_stop", milestones=())
-                else:
-                    cfg = t.recipe.train_config(arch, t.seed)
-                out.append((arch, stop, cfg))
-        return out
+        return [(entry, stop, links[-1].recipe.train) for entry in t.archs for stop in t.stops()
+                for links in teacher_chains(entry, self.data_spec(), t.recipe, t.seed, stop, t.distill_method(),
+                                            t.early_stop_schedule)]
 
     def _lists(self) -> dict[str, list]:
         return {"teacher": self.teachers.entries(), "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}

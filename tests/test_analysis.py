@@ -65,6 +65,11 @@ S2_BASE_VAL, S2_BASE_TEST = [.62, .63, .615], [.61, .62, .60]  # baseline seeds 
 S3 = "cnn_xs"
 
 
+# the student's recipe as every trial run logs it (`student.<field>`, the values as `str()` writes them)
+RECIPE = {"student.batch_size": 128, "student.lr": 0.05, "student.momentum": 0.9, "student.nesterov": False,
+          "student.weight_decay": 5e-4, "student.schedule": "cosine", "student.milestones": (), "student.lr_gamma": 0.2}
+
+
 def _history(final: float, n: int) -> list[float]:
     return [final - 0.01 * (n - e) for e in range(1, n + 1)]
 
@@ -130,7 +135,11 @@ def _log_trial(client, exp_id: str, parent_id: str, i: int, t: dict) -> str:
         "teacher_kind": "plain" if kd else "none", "teacher_chain": teacher if kd else "none",
         "teacher_temperature": "none", "epsilon": "none", "delta": "none", "confidence": "none", "cohort": "none",
     }
+    # issue "one source of truth": every method hyperparameter of the registry ("none" where the method has
+    # none) and the student's recipe as `student.<field>`
+    params |= {p: "none" for p in tr.METHOD_PARAMS if p not in params} | RECIPE
     assert set(params) == set(tr.TRIAL_PARAMS)
+    params |= t.get("params", {})       # a trial's own values (a searched method hyperparameter or recipe field)
     tags = {tr.ROLE_TAG: tr.ROLE_TRIAL, tr.PARENT_TAG: parent_id, tr.TRIAL_ID_TAG: f"trial_{i:03d}",
             tr.TEACHER_KEY_TAG: f"key-{teacher}-{t['stop']}" if kd else tr.NO_TEACHER, tr.STATUS_TAG: t["status"],
             tr.KIND_TAG: t["kind"]}
@@ -142,7 +151,7 @@ def _log_trial(client, exp_id: str, parent_id: str, i: int, t: dict) -> str:
     for e in range(1, n + 1):
         step = {"val_acc": hist[e - 1], "test_acc": t["test"] - 0.01 * (n - e), "train_loss": 1.0 / e,
                 "train_ce": 0.5 / e, "val_loss": 1.1 / e, "test_loss": 1.2 / e, "epoch_seconds": 0.1,
-                "samples_per_second": 1000.0, "lr": 0.05}
+                "samples_per_second": 1000.0, "lr": 0.05} | t.get("metrics", {})
         if kd:
             step |= {"train_kd": KD_LOSS[teacher], "kd_agreement": AGREE[teacher],
                      "teacher_val_acc": TEACHER_ACC[teacher] - TEACHER_ACC_DROP[t["stop"]]}
@@ -507,6 +516,128 @@ def test_param_importance_finds_the_planted_driver():
     assert imp["alpha"] > 0.8 > imp["temperature"]
 
 
+# ================================================================ one source of truth: configs from what was logged
+
+EXP2 = "one_source_of_truth"
+TT_VAL = {2: .80, 3: .78}     # S1, t3@20, T=4, alpha=.9, seed 0: the two runs differ only in teacher_temperature
+LR_VAL = {0.05: .70, 0.1: .72}  # S2, t1@30, seed 0: the two runs differ only in student.lr
+SEED_VAL = [.60, .62]         # S3, t2@30: one config, seeds 0 and 1
+NEW_AXIS = "student.ema_decay"  # a param no list in kdx names: it keys configs all the same
+
+
+def one_truth_trials() -> list[dict]:
+    out = [_trial(teacher="t3", stop=20, val=v, params={"teacher_temperature": tt}, metrics={"train_hint": .3})
+           for tt, v in TT_VAL.items()]
+    out += [_trial(student=S2, student_params=S2_PARAMS, teacher="t1", stop=30, val=v, params={"student.lr": lr})
+            for lr, v in LR_VAL.items()]
+    out += [_trial(student=S3, student_params=300, teacher="t2", stop=30, seed=seed, val=v, params={NEW_AXIS: .99})
+            for seed, v in enumerate(SEED_VAL)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def truth(store):
+    """The trials of EXP2, logged to the same SQLite store and read back with `load_trials`."""
+    from analysis import load_trials
+
+    client = store["client"]
+    exp_id = client.create_experiment(EXP2, artifact_location=(store["dir"] / "artifacts2").as_uri())
+    parent = client.create_run(exp_id, run_name="search", tags={tr.ROLE_TAG: tr.ROLE_SEARCH})
+    for i, t in enumerate(one_truth_trials()):
+        _log_trial(client, exp_id, parent.info.run_id, i, t)
+    return load_trials(EXP2, store["uri"])
+
+
+def test_load_trials_keeps_every_logged_param_and_metric(truth):
+    from analysis import config_columns, param_columns
+
+    assert pd.api.types.is_float_dtype(truth["student.lr"])
+    assert sorted(truth["student.lr"].unique()) == [0.05, 0.1]
+    assert pd.api.types.is_float_dtype(truth["teacher_temperature"])
+    assert truth.loc[truth["student"] == S2, "teacher_temperature"].isna().all()          # "none" -> NaN
+    assert (truth["student.schedule"] == "cosine").all()                                  # not a number: as logged
+    assert pd.api.types.is_float_dtype(truth[NEW_AXIS]) and truth[NEW_AXIS].notna().sum() == len(SEED_VAL)
+    assert pd.api.types.is_float_dtype(truth["train_hint"])                               # a method's loss term
+    assert truth.loc[truth["teacher_temperature"] == 2, "train_hint"].tolist() == pytest.approx([.3])
+    params = param_columns(truth)
+    assert set(params) == set(tr.TRIAL_PARAMS) | {NEW_AXIS}                               # params only, no metric
+    assert set(config_columns(truth)) == set(params) - {tr.SEED_PARAM, *tr.DERIVED_PARAMS}
+
+
+def test_runs_differing_in_one_logged_value_are_not_pooled(truth):
+    """Regression (issue "one source of truth"): a hand-written config key pooled these as seeds."""
+    from analysis.sweetspot import capacity_curve, completed, summary
+
+    c = completed(truth)
+    assert c.loc[c["student"] == S1, "config"].nunique() == len(TT_VAL)
+    assert c.loc[c["student"] == S2, "config"].nunique() == len(LR_VAL)
+    assert c.loc[c["student"] == S3, "config"].nunique() == 1                           # two seeds, one config
+    cap = capacity_curve(truth).table.set_index("student")
+    assert cap.loc[S1, "n_seeds"] == 1 and cap.loc[S1, "val_acc_mean"] == pytest.approx(TT_VAL[2])
+    assert math.isnan(cap.loc[S1, "val_acc_std"])
+    assert cap.loc[S2, "n_seeds"] == 1 and cap.loc[S2, "val_acc_mean"] == pytest.approx(LR_VAL[0.1])
+    assert cap.loc[S3, "n_seeds"] == 2 and cap.loc[S3, "val_acc_mean"] == pytest.approx(np.mean(SEED_VAL))
+    assert cap.loc[S3, "val_acc_std"] == pytest.approx(np.std(SEED_VAL, ddof=1))
+    students = {s["student"]: s for s in summary(truth)["students"]}
+    assert students[S1]["n_seeds"] == 1 and students[S1]["val_acc_mean"] == pytest.approx(TT_VAL[2])
+    assert students[S1]["other_config"] == {"teacher_temperature": 2}                    # the searched value, shown
+    assert students[S2]["n_seeds"] == 1 and students[S2]["other_config"] == {"student.lr": 0.1}
+    assert students[S3]["n_seeds"] == 2 and students[S3]["other_config"] == {}
+
+
+def test_best_configs_keeps_configs_apart_by_every_logged_value(truth):
+    from analysis import best_configs, config_columns
+
+    configs = best_configs(truth, top=10)
+    assert len(configs) == len(TT_VAL) + len(LR_VAL) + 1                                  # S3's two seeds: one config
+    assert [c["teacher_temperature"] for c in configs[:2]] == [2, 3]                      # by val_acc, best first
+    assert [c["student.lr"] for c in configs[2:4]] == [0.1, 0.05]
+    assert configs[4]["student"] == S3 and configs[4][NEW_AXIS] == pytest.approx(.99)
+    for c in configs:
+        assert list(c) == config_columns(truth)                                          # no seed, no derived params
+    first = configs[0]
+    assert {k: first[k] for k in ("dataset", "student", "teacher", "teacher_stop_epoch", "method", "temperature",
+                                  "alpha", "kd_stop_epoch", "epochs", "epsilon", NEW_AXIS)} == {
+        "dataset": "mnist1d", "student": S1, "teacher": "t3", "teacher_stop_epoch": 20, "method": "kd",
+        "temperature": 4, "alpha": .9, "kd_stop_epoch": None, "epochs": EPOCHS, "epsilon": None, NEW_AXIS: None}
+    assert type(first["teacher_stop_epoch"]) is int and first["student.schedule"] == "cosine"
+    assert best_configs(truth, top=2) == configs[:2]
+    assert best_configs(truth, top=1, mode="min")[0]["student"] == S3
+
+
+def test_a_frame_read_back_from_csv_keys_configs_the_same(truth, tmp_path):
+    from analysis import best_configs, completed, config_columns
+
+    truth.to_csv(tmp_path / "trials.csv", index=False)
+    back = pd.read_csv(tmp_path / "trials.csv")
+    assert config_columns(back) == config_columns(truth)
+    assert completed(back)["config"].tolist() == completed(truth)["config"].tolist()
+    assert [c["student"] for c in best_configs(back, 10)] == [c["student"] for c in best_configs(truth, 10)]
+
+
+def test_best_trial_ties_go_to_the_first_logged():
+    from analysis import best_trial
+
+    f = frame([{"teacher": "a", "val_acc": .7}, {"teacher": "b", "val_acc": .8}, {"teacher": "c", "val_acc": .8}])
+    assert best_trial(f, "val_acc")["teacher"] == "b"                                     # frame order
+    f["start_time"] = pd.to_datetime([3, 2, 1], unit="s", utc=True)
+    assert best_trial(f, "val_acc")["teacher"] == "c"                                     # logged first
+    assert best_trial(f, "val_acc", mode="min")["teacher"] == "a"
+
+
+def test_param_importance_takes_every_varied_config_param():
+    from analysis import param_importance
+
+    rng = np.random.default_rng(2)
+    schedule = rng.choice(["cosine", "step"], 30)
+    f = frame([{"val_acc": .5 + (.3 if s == "cosine" else 0) + .01 * float(rng.standard_normal())} for s in schedule])
+    f["student.schedule"], f["student.lr"] = schedule, rng.uniform(.01, .1, len(f))
+    f["teacher"] = ["t1", "t2"] * (len(f) // 2)     # same teacher_params: the size axis cannot tell them apart
+    imp = param_importance(f, seed=0).by_student["s"]["importances"]
+    assert set(imp) == {"student.schedule", "student.lr", "teacher"}
+    assert imp["student.schedule"] > .5
+
+
 # ================================================================ report.py, commands.py
 
 
@@ -545,7 +676,7 @@ def test_write_report_and_attach(store, df, tmp_path):
 
 
 def test_cli_analyze_prints_summary_and_json(store, tmp_path, capsys):
-    from explorer.cli import main
+    from kdx.cli import main
 
     out = tmp_path / "cli_out"
     rc = main(["analyze", EXP, "--tracking-uri", store["uri"], "--out", str(out), "--json"])
@@ -571,7 +702,7 @@ def test_cli_analyze_prints_summary_and_json(store, tmp_path, capsys):
 
 
 def test_cli_analyze_unknown_experiment(tmp_path, monkeypatch, capsys):
-    from explorer.cli import main
+    from kdx.cli import main
 
     monkeypatch.chdir(tmp_path)
     rc = main(["analyze", "missing_search"])

@@ -112,3 +112,6 @@ def test_seed000_online_small_kd_dml_one(tmp_path):
     for online in ("dml", "one"):  # trained without the teacher
         assert methods[online]["teacher"] == "none" and methods[online]["teacher_chain"] == "none"
     assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"  # built for kd only
+    # every method hyperparameter is a param of every trial: the method's own value, "none" elsewhere
+    assert methods["one"]["branches"] == "3" and methods["dml"]["cohort"] == "2"
+    assert methods["kd"]["branches"] == "none" and methods["one"]["cohort"] == "none"
