@@ -1,0 +1,68 @@
+"""`kdx confirm` re-runs the best configs at every searched value (regression: it used to key configs
+on a fixed tuple, so a searched teacher_temperature was dropped and re-run at the method's default).
+
+The trials frame here is what the analysis reads back from MLflow for trials that logged exactly the
+params a search logs (`plan.settings`, formatted as the MLflow callback formats them)."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from analysis.runs import param_values
+from analysis.sweetspot import best_configs
+from explorer.spec import parse_spec
+from explorer.tracking import TRIAL_PARAMS
+from trainables.confirm import confirm_points
+from trainables.plan import make_plan
+
+SPEC = {
+    "name": "confirm_tt",
+    "student": {"arch": {"choice": ["cnn1d_w4", "cnn1d_w8"]}, "lr": {"loguniform": [0.01, 0.2]}, "epochs": 3},
+    "teachers": {"archs": ["cnn1d_w16"], "recipe": {"epochs": 3}},
+    "distill": {"method": "kd", "temperature": 4.0, "teacher_temperature": {"uniform": [0.5, 4.0]}},
+    "seeds": [0, 1],
+}
+
+
+def logged_frame(plan, points: list[dict], val_accs: list[float]) -> pd.DataFrame:
+    rows = []
+    for i, (point, val) in enumerate(zip(points, val_accs)):
+        s = plan.settings(point)
+        params = {k: "none" if s[k] is None else str(s[k]) for k in TRIAL_PARAMS}  # as MLflow holds them
+        rows.append({"run_id": f"r{i}", "status": "completed", "kind": "search", "val_acc": val, "test_acc": val,
+                     "start_time": pd.Timestamp(i, unit="s", tz="UTC")} | params)
+    df = pd.DataFrame(rows)
+    for c in TRIAL_PARAMS:
+        df[c] = param_values(df[c])
+    df.attrs["param_columns"] = list(TRIAL_PARAMS)
+    return df
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    return make_plan(parse_spec(SPEC), str(tmp_path_factory.mktemp("teachers")))
+
+
+def test_confirm_reruns_every_searched_value(plan):
+    spec = plan.spec
+    points = [{"teacher_temperature": 0.7, "student": "cnn1d_w8", "student.lr": 0.03, "seed": 0},
+              {"teacher_temperature": 3.1, "student": "cnn1d_w8", "student.lr": 0.03, "seed": 0},
+              {"teacher_temperature": 3.1, "student": "cnn1d_w4", "student.lr": 0.15, "seed": 1}]
+    df = logged_frame(plan, points, [0.61, 0.70, 0.65])
+    configs = best_configs(df, 2, "val_acc", "max")
+    assert [c["teacher_temperature"] for c in configs] == [3.1, 3.1]  # distinct configs, best first
+    out = confirm_points(spec, configs, [0, 1])
+    kd = [p for p in out if p.get("method") != "ce"]
+    assert len(kd) == 4 and {p["seed"] for p in kd} == {0, 1}
+    settings = plan.settings(kd[0])
+    # re-run at the searched values, not at the method's default (none) or the spec's first value
+    assert settings["teacher_temperature"] == 3.1 and settings["method_params"]["teacher_temperature"] == 3.1
+    assert settings["student"] == "cnn1d_w8" and math.isclose(settings["train"].lr, 0.03)
+    second = plan.settings(kd[2])
+    assert second["student"] == "cnn1d_w4" and math.isclose(second["train"].lr, 0.15)
+    # one CE baseline per seed for each config's own student values
+    base = [p for p in out if p.get("method") == "ce"]
+    assert sorted((p["student"], p["student.lr"], p["seed"]) for p in base) == [
+        ("cnn1d_w4", 0.15, 0), ("cnn1d_w4", 0.15, 1), ("cnn1d_w8", 0.03, 0), ("cnn1d_w8", 0.03, 1)]
+    assert plan.settings(base[0])["train"].method == "ce"
