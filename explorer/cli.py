@@ -262,13 +262,11 @@ def obtain_teacher(args, spec, splits, device):
 @command("train", "train one student (and its teacher, if named)", _train_args)
 def cmd_train(args):
     from .data import load_splits
-    from .methods import get_method
+    from .methods import get_method, hparam_names
     from .train import Trainer, evaluate
 
     method = args.method or ("kd" if args.teacher else "ce")
     m = get_method(method)
-    from .methods import hparam_names
-
     given = {k: getattr(args, k) for k in hparam_names() if getattr(args, k) is not None}
     known = {h.name for h in m.hparams}
     unused = sorted(set(given) - known)

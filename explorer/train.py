@@ -26,7 +26,6 @@ from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
 from .features import FeatureTap, feature_paths
 from .methods import LossInputs, get_method
-from .models import build_model, count_params
 
 
 class Diverged(KdxError):
@@ -284,7 +283,3 @@ def save_state(state: dict, path: str | os.PathLike) -> None:
 def load_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by `save_state`; refuses anything but tensors and plain types."""
     return torch.load(os.fspath(path), map_location=device, weights_only=True)
-
-
-def model_size(arch: str, splits: Splits) -> int:
-    return count_params(build_model(arch, splits.num_classes, splits.input_shape))
