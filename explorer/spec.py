@@ -28,7 +28,7 @@ from .data import DataCondition, DataSpec
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
-from .teachers import TEACHER_SYNTAX, parse_teacher, teacher_chains, teacher_kind  # noqa: F401  (the spec's syntax)
+from .teachers import parse_teacher, teacher_chains, teacher_kind
 
 # The distill keys: the method and every hyperparameter any registered method declares.
 AXES = ("method", *hparam_names())
@@ -79,7 +79,7 @@ class StudentSection(Recipe):
 
 
 class TeachersSection(Strict):
-    archs: list[str] = Field(min_length=1)  # teacher entries, see TEACHER_SYNTAX
+    archs: list[str] = Field(min_length=1)  # teacher entries, see explorer/teachers.py
     stop_epochs: list[int] | None = None  # default: the recipe's final epoch only
     early_stop_schedule: bool = False  # True: each stop epoch n is its own n-epoch run (seed 004 section 5.5)
     seed: int = 0

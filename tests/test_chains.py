@@ -5,7 +5,8 @@ import json
 import pytest
 
 from explorer.errors import KdxError
-from explorer.spec import parse_spec, parse_teacher, teacher_kind
+from explorer.spec import parse_spec
+from explorer.teachers import parse_teacher, teacher_kind
 from explorer.store import TeacherStore
 from trainables.plan import make_plan
 
