@@ -30,7 +30,7 @@ _SHORT = {"student.arch": "student", "student.epochs": "epochs"}
 def param_name(path: str) -> str:
     """The name a spec value goes by everywhere: `distill.alpha` -> `alpha` (method hyperparameters
     are declared by bare name), `student.arch` -> `student`, `teachers.archs` -> `teacher`,
-    `student.lr` -> `student.lr`."""
+    `student.lr` -> `student.lr`, `teachers.recipe.lr` -> `teachers.recipe.lr`."""
     if path in LIST_PARAMS:
         return LIST_PARAMS[path]
     if path in _SHORT:
@@ -108,9 +108,11 @@ def set_path(data: dict, path: str, value) -> dict:
 
 
 def section_axes(data: dict, section: str, forbid: tuple[str, ...] = ()) -> dict[str, Axis]:
-    """The fields of `data[section]` written as axes, by spec path; KdxError for a malformed axis, or
-    for a searched field in `forbid` (the student's epochs: ASHA's clock)."""
-    fields = data.get(section)
+    """The fields of the (dotted) `section` of `data` written as axes, by spec path; KdxError for a
+    malformed axis, or for a searched field in `forbid` (the student's epochs: ASHA's clock)."""
+    fields = data
+    for key in section.split("."):
+        fields = fields.get(key) if isinstance(fields, dict) else None
     axes = {}
     for key, value in (fields.items() if isinstance(fields, dict) else []):
         if not is_axis_form(value):

@@ -2,11 +2,12 @@
 
 Searchable values (each fixed, `{choice: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`
 or `{grid: [...]}`; explorer/axes.py): every `distill` key (the method and every hyperparameter a
-registered method declares) and every field of the `student` section but `epochs` (ASHA's clock):
-`student.arch`, `student.lr`, `student.weight_decay`, ... Lists are axes too: `teachers.archs` (the
+registered method declares), every field of the `student` section but `epochs` (ASHA's clock):
+`student.arch`, `student.lr`, `student.weight_decay`, ..., and every field of `teachers.recipe` as a
+choice or grid (each teacher is built before the search). Lists are axes too: `teachers.archs` (the
 size axis), `teachers.stop_epochs` (the early-stopping axis) and `seeds`; with more than one entry
-each is a choice (optuna, random) or a grid axis (grid). A searched student value is checked by the
-same field validator as a fixed one: every listed value and both ends of a range.
+each is a choice (optuna, random) or a grid axis (grid). A searched student or teacher value is
+checked by the same field validator as a fixed one: every listed value and both ends of a range.
 
 `load_spec` and `parse_spec` turn every problem into one sentence naming the field, the value and
 what is allowed (a `KdxError`), before anything starts.
@@ -203,14 +204,19 @@ class SearchSpec(Strict):
     search: SearchSection = SearchSection()
     resources: ResourcesSection = ResourcesSection()
 
-    # student fields given as axes ({"student.lr": Axis}); the section holds their first value
-    _student_axes: dict = PrivateAttr(default_factory=dict)
+    # student and teacher-recipe fields given as axes ({"student.lr": Axis}); the sections hold
+    # their first value
+    _axes: dict = PrivateAttr(default_factory=dict)
     _source: dict = PrivateAttr(default_factory=dict)  # the mapping the spec was parsed from
 
     # ----------------------------------------------------------- cross-field checks
     def value_axes(self) -> dict[str, Axis]:
         """Every value that may be searched, by spec path (fixed ones included)."""
-        return {f"distill.{k}": a for k, a in self.distill.axes().items()} | self._student_axes
+        return {f"distill.{k}": a for k, a in self.distill.axes().items()} | self._axes
+
+    def _section_axes(self, section: str) -> dict[str, Axis]:
+        """The searched fields of one section, by param name."""
+        return {param_name(p): a for p, a in self._axes.items() if p.startswith(section + ".")}
 
     def check(self) -> "SearchSpec":
         """Checks that need several sections; raises KdxError."""
@@ -221,6 +227,9 @@ class SearchSpec(Strict):
         for where, axis in self.value_axes().items():
             if axis.kind in ("uniform", "loguniform") and where in ("distill.method", "student.arch"):
                 raise KdxError(f"{where}: got {axis.kind}; allowed: a fixed value, a choice or a grid.")
+            if axis.kind in ("uniform", "loguniform") and where.startswith("teachers."):
+                raise KdxError(f"{where}: got a {axis.kind} range; allowed: a fixed value, a choice or a grid "
+                               "(every teacher is built before the search starts).")
             if axis.kind in ("uniform", "loguniform") and algo == "grid":
                 raise KdxError(f"{where}: got a {axis.kind} range with search.algorithm grid; "
                                "allowed: a fixed value or a grid.")
@@ -265,7 +274,32 @@ class SearchSpec(Strict):
                            f"allowed: 1..student.epochs ({self.student.epochs}).")
         if len(set(self.seeds)) != len(self.seeds):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
+        self._check_points()
         return self
+
+    def _check_points(self) -> None:
+        """`search.points_to_evaluate`: each point names searched values only (all of them for Optuna,
+        which takes no partial points), each inside its axis."""
+        axes = self.searched_axes()
+        for i, point in enumerate(self.search.points_to_evaluate):
+            where = f"search.points_to_evaluate[{i}]"
+            unknown = sorted(set(point) - set(axes))
+            if unknown:
+                raise KdxError(f"{where}.{unknown[0]}: not a searched value; allowed: {', '.join(axes) or 'none'}.")
+            missing = [k for k in axes if k not in point]
+            if missing and self.search.algorithm == "optuna":
+                raise KdxError(f"{where}: {missing[0]!r} is missing; allowed: a value for every searched name "
+                               f"({', '.join(axes)}).")
+            for k, v in point.items():
+                a = axes[k]
+                if a.kind in ("uniform", "loguniform"):
+                    lo, hi = getattr(a, a.kind)
+                    inside = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+                    allowed = f"a number in [{lo}, {hi}]"
+                else:
+                    inside, allowed = v in a.values(), f"one of {a.values()}"
+                if not inside:
+                    raise KdxError(f"{where}.{k}: got {v!r}; allowed: {allowed}.")
 
     # ----------------------------------------------------------- planning helpers
     def data_spec(self) -> DataSpec:
@@ -273,26 +307,38 @@ class SearchSpec(Strict):
 
     def student_archs(self) -> list[str]:
         """Every student architecture the space can ask for."""
-        axis = self._student_axes.get("student.arch")
+        axis = self._axes.get("student.arch")
         return axis.values() if axis else [self.student.arch]
 
     def student_config(self, values: dict, seed: int, method: str, method_params: dict) -> TrainConfig:
         """The student's run for one trial: the `student` section with the trial's searched student
         values (param names `student`, `student.lr`, ...) laid over it."""
         fields = self.student.model_dump()
-        for path in self._student_axes:
-            if param_name(path) in values:
-                fields[path.removeprefix("student.")] = values[param_name(path)]
+        for name in self._section_axes("student"):
+            if name in values:
+                fields["arch" if name == "student" else name.removeprefix("student.")] = values[name]
         arch = fields.pop("arch")
         return Recipe(**fields).train_config(arch, seed, method, method_params)
 
+    def teacher_variants(self) -> list[dict]:
+        """Every combination of the searched teacher-recipe values, by param name ([{}] when none)."""
+        axes = self._section_axes("teachers.recipe")
+        return [dict(zip(axes, vs)) for vs in itertools.product(*(a.values() for a in axes.values()))]
+
+    def teacher_recipe(self, values: dict) -> Recipe:
+        """The teachers' recipe with a trial's searched teacher-recipe values laid over it."""
+        fields = {name.removeprefix("teachers.recipe."): values[name]
+                  for name in self._section_axes("teachers.recipe") if name in values}
+        return self.teachers.recipe.model_copy(update=fields)
+
     def teacher_configs(self) -> list[tuple[str, int, TrainConfig]]:
-        """(entry, stop epoch, the TrainConfig of the teacher used there) for every teacher entry and
-        stop epoch of `teachers.archs` (the heads of `teacher_chains`; one per member of an ensemble)."""
+        """(entry, stop epoch, the TrainConfig of the teacher used there) for every teacher entry, stop
+        epoch and teacher-recipe variant (the heads of `teacher_chains`; one per ensemble member)."""
         t = self.teachers
-        return [(entry, stop, links[-1].recipe.train) for entry in t.archs for stop in t.stops()
-                for links in teacher_chains(entry, self.data_spec(), t.recipe, t.seed, stop, t.distill_method(),
-                                            t.early_stop_schedule)]
+        return [(entry, stop, links[-1].recipe.train) for variant in self.teacher_variants()
+                for entry in t.archs for stop in t.stops()
+                for links in teacher_chains(entry, self.data_spec(), self.teacher_recipe(variant), t.seed, stop,
+                                            t.distill_method(), t.early_stop_schedule)]
 
     def _lists(self) -> dict[str, list]:
         return {"teacher": self.teachers.entries(), "teacher_stop_epoch": self.teachers.stops(), "seed": self.seeds}
@@ -316,7 +362,7 @@ class SearchSpec(Strict):
         """The CE baselines: one per seed and per value of every discrete searched student field
         (each student architecture of a choice); a student field searched over a range takes its
         middle (`Axis.representative`), and `kdx confirm` re-runs the baseline at the winner's values."""
-        student = {param_name(p): a for p, a in self._student_axes.items()}
+        student = self._section_axes("student")
         discrete = {k: a.values() for k, a in student.items() if a.kind in ("choice", "grid")}
         middle = {k: a.representative() for k, a in student.items() if k not in discrete}
         combos = [dict(zip(discrete, vs)) for vs in itertools.product(*discrete.values())]
@@ -346,17 +392,21 @@ def parse_dataset(fields: dict) -> DataSpec:
 def parse_spec(data: Any, source: str = "spec") -> SearchSpec:
     if not isinstance(data, dict):
         raise KdxError(f"{source}: got {type(data).__name__}; allowed: a YAML mapping with name, student, teachers, ...")
-    axes = section_axes(data, "student", forbid=("epochs",))
+    axes = section_axes(data, "student", forbid=("epochs",)) | section_axes(data, "teachers.recipe")
+    searched = {p: a for p, a in axes.items() if a.kind != "fixed"}
+
+    def build(values: dict) -> SearchSpec:
+        spec = _build(values)
+        spec._axes, spec._source = searched, data
+        return spec.check()
+
     base = data
     for path, axis in axes.items():
         base = set_path(base, path, axis.values()[0])
     for path, axis in axes.items():  # each searched value through the field's own validator
         for v in axis.values()[1:]:
-            _build(set_path(base, path, v)).check()
-    spec = _build(base)
-    spec._student_axes = {p: a for p, a in axes.items() if a.kind != "fixed"}
-    spec._source = data
-    return spec.check()
+            build(set_path(base, path, v))
+    return build(base)
 
 
 def load_spec(path: str | Path) -> tuple[SearchSpec, str]:

@@ -52,6 +52,18 @@ BAD = [
     ("dataset.label_noise", 1.0, ["dataset.label_noise", "1.0"]),
     ("search.algorithm", "bayes", ["search.algorithm", "bayes"]),
     ("search.asha.grace_period", 50, ["grace_period", "50"]),
+    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 0.9, "teacher": "cnn1d_w8", "teacher_stop_epoch": 30,
+                                    "seed": 0, "alhpa": 0.5}], ["points_to_evaluate[0].alhpa", "alpha"]),
+    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 1.5, "teacher": "cnn1d_w8", "teacher_stop_epoch": 30,
+                                    "seed": 0}], ["points_to_evaluate[0].alpha", "1.5", "[0.1, 1.0]"]),
+    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 0.9, "teacher": "wrn_16_2", "teacher_stop_epoch": 30,
+                                    "seed": 0}], ["points_to_evaluate[0].teacher", "wrn_16_2"]),
+    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 0.9}], ["points_to_evaluate[0]", "missing"]),
+    ("teachers.recipe.lr", {"uniform": [0.01, 0.1]}, ["teachers.recipe.lr", "choice or a grid"]),
+    ("teachers.recipe.lr", {"choice": [0.1, -1]}, ["teachers.recipe.lr", "-1"]),
+    ("student.lr", {"choice": [0.1, 0]}, ["student.lr", "0"]),
+    ("student.arch", {"choice": ["cnn1d_w4", "resnet19"]}, ["student.arch", "resnet19"]),
+    ("student.epochs", {"choice": [10, 20]}, ["student.epochs", "fixed"]),
     ("seeds", [], ["seeds"]),
     ("name", "my search!", ["name", "my search!"]),
     ("student", DELETE, ["student", "missing"]),
@@ -78,8 +90,10 @@ def test_quickstart_is_valid_and_searches_the_papers_axes():
 
 
 def test_early_stop_form_gives_one_recipe_per_stop_epoch():
-    spec = parse_spec(with_change("teachers", {"archs": ["cnn1d_w8"], "stop_epochs": [35, 50],
-                                               "early_stop_schedule": True, "recipe": {"epochs": 80}}))
+    data = with_change("teachers", {"archs": ["cnn1d_w8"], "stop_epochs": [35, 50],
+                                    "early_stop_schedule": True, "recipe": {"epochs": 80}})
+    data["search"] = dict(data["search"], points_to_evaluate=[])  # the quickstart's points name other teachers
+    spec = parse_spec(data)
     cfgs = spec.teacher_configs()
     assert [(c.epochs, c.schedule) for _, _, c in cfgs] == [(35, "early_stop"), (50, "early_stop")]
 

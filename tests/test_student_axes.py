@@ -37,8 +37,9 @@ def test_searched_student_values_are_logged_and_key_configs(searched):
     search = df[df["kind"] == "search"]
     assert set(search["student"]) == {"cnn1d_w4", "cnn1d_w8"}  # both points_to_evaluate ran
     assert search["student.lr"].between(0.01, 0.2).all() and search["student.lr"].nunique() >= 3
-    # each searched trial is its own config: arch, lr and T are all config columns
-    assert {"student", "student.lr", "temperature"} <= set(config_columns(df))
+    # each searched trial is its own config: arch, lr, the teachers' lr and T are all config columns
+    assert {"student", "student.lr", "teachers.recipe.lr", "temperature"} <= set(config_columns(df))
+    assert set(search["teachers.recipe.lr"]) <= {0.05, 0.1} and base_has_no_teacher_lr(df)
     done = completed(df[df["kind"] == "search"])
     assert done["config"].nunique() == len(done) == 4
     # the two trials at lr 0.05 and T 4 differ only in the architecture: still two configs
@@ -53,6 +54,20 @@ def test_searched_student_values_are_logged_and_key_configs(searched):
     assert all(math.isclose(lr, math.sqrt(0.01 * 0.2)) for lr in base["student.lr"])
     assert outcome["best"]["student.lr"] == pytest.approx(
         done.loc[done["val_acc"].idxmax(), "student.lr"])
+
+
+def base_has_no_teacher_lr(df) -> bool:
+    return df.loc[df["kind"] == "baseline", "teachers.recipe.lr"].isna().all()
+
+
+def test_each_teacher_variant_is_built_once(searched):
+    from mlflow.tracking import MlflowClient
+
+    _, uri, _ = searched
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("student_axes")
+    teachers = client.search_runs([exp.experiment_id], filter_string="tags.`kdx.role` = 'teacher'")
+    assert sorted(float(r.data.params["train.lr"]) for r in teachers) == [0.05, 0.1]
 
 
 def test_analysis_answers_per_student_architecture(searched):

@@ -93,7 +93,9 @@ class MlflowTrialLogger(Callback):
                     TEACHER_KEY_TAG: settings["teacher_key"], STATUS_TAG: RUNNING, KIND_TAG: self.kind}
             run = self.client.create_run(self.experiment_id, run_name=trial_label(settings), tags=tags)
             run_id = run.info.run_id
-            params = [Param(k, _fmt(settings[k])) for k in TRIAL_PARAMS]
+            # every trial param, and every searched value that is not one (a teacher-recipe field)
+            names = TRIAL_PARAMS + tuple(k for k in self.plan.spec.searched_axes() if k not in TRIAL_PARAMS)
+            params = [Param(k, _fmt(settings[k])) for k in names if k in settings]
             self.client.log_batch(run_id, params=params)
             self._last_step[tid] = 0
         self._runs[tid] = run_id

@@ -6,6 +6,7 @@ so trials never re-read the spec and all of them agree on teacher keys.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from explorer.config import TrainConfig
@@ -18,9 +19,10 @@ from explorer.teachers import parse_teacher, teacher_chains, teacher_kind
 from explorer.tracking import KIND_BASELINE, KIND_SEARCH, METHOD_PARAMS, NO_TEACHER, RECIPE_PARAMS
 
 
-def teacher_slot(arch: str, stop: int) -> str:
-    """How a trial names the teacher checkpoint it distils from: `<arch>@<stop epoch>`."""
-    return f"{arch}@{stop}"
+def teacher_slot(arch: str, stop: int, variant: dict | None = None) -> str:
+    """How a trial names the teacher checkpoint it distils from: `<entry>@<stop epoch>`, followed by
+    the searched teacher-recipe values when there are any (`cnn1d_w16@30 teachers.recipe.lr=0.1`)."""
+    return f"{arch}@{stop}" + "".join(f" {k}={v}" for k, v in sorted((variant or {}).items()))
 
 
 @dataclass
@@ -59,7 +61,8 @@ class Plan:
         given = {k: v for k, v in hp.items() if s.get(k) is not None}
         train = self.spec.student_config(s, int(s["seed"]), s["method"], given)
         uses_teacher = method.needs_teacher
-        slot = teacher_slot(s["teacher"], s["teacher_stop_epoch"]) if uses_teacher else None
+        variant = {k: s[k] for k in self.spec.teacher_variants()[0]} if uses_teacher else {}
+        slot = teacher_slot(s["teacher"], s["teacher_stop_epoch"], variant) if uses_teacher else None
         t_params = self.teacher_params[s["teacher"]] if uses_teacher else None
         out = {
             "dataset": self.dataset, "student": train.arch, "epochs": self.epochs, "seed": int(s["seed"]),
@@ -77,7 +80,9 @@ class Plan:
             "train": train,
             # the searched student values (architecture, learning rate, ...), for the run's name
             "searched_student": {k: s[k] for k in self.spec.searched_axes() if k.startswith("student") and k in s},
+            "searched_teacher": variant,  # the searched teacher-recipe values (logged as params too)
         }
+        out |= variant
         out |= {name: hp.get(name) for name in METHOD_PARAMS}
         out |= {name: getattr(train, name.removeprefix("student.")) for name in RECIPE_PARAMS}
         return out
@@ -103,24 +108,24 @@ def make_plan(spec: SearchSpec, store_root: str) -> Plan:
     for arch in spec.student_archs():
         size(arch)
     t = spec.teachers
-    for entry in t.entries():
+    for entry, variant, stop in itertools.product(t.entries(), spec.teacher_variants(), t.stops()):
         members = parse_teacher(entry, t.seed)
         plan.teacher_kinds[entry] = teacher_kind(members)
         plan.teacher_params[entry] = sum(size(chain[0][0]) for chain in members)
-        for stop in t.stops():
-            slot = teacher_slot(entry, stop)
-            keys, chains = [], []
-            for links in teacher_chains(entry, data, t.recipe, t.seed, stop, t.distill_method(), t.early_stop_schedule):
-                for link in links:
-                    plan.recipes[link.key] = link.recipe
-                    wanted = plan.stops.setdefault(link.key, [])
-                    if link.epoch not in wanted:
-                        wanted.append(link.epoch)
-                plan.teacher_epochs[slot] = links[-1].recipe.train.epochs
-                keys.append(links[-1].key)
-                chains.append("<".join(link.key for link in reversed(links)))
-            plan.teacher_keys[slot] = ",".join(keys)
-            plan.teacher_chains[slot] = "+".join(chains)
+        slot = teacher_slot(entry, stop, variant)
+        keys, chains = [], []
+        recipe = spec.teacher_recipe(variant)
+        for links in teacher_chains(entry, data, recipe, t.seed, stop, t.distill_method(), t.early_stop_schedule):
+            for link in links:
+                plan.recipes[link.key] = link.recipe
+                wanted = plan.stops.setdefault(link.key, [])
+                if link.epoch not in wanted:
+                    wanted.append(link.epoch)
+            plan.teacher_epochs[slot] = links[-1].recipe.train.epochs
+            keys.append(links[-1].key)
+            chains.append("<".join(link.key for link in reversed(links)))
+        plan.teacher_keys[slot] = ",".join(keys)
+        plan.teacher_chains[slot] = "+".join(chains)
     return plan
 
 
@@ -138,7 +143,9 @@ def trial_label(settings: dict) -> str:
         lr = "".join(f" {k.removeprefix('student.')}={v:.3g}" for k, v in settings.get("searched_student", {}).items()
                      if isinstance(v, float))
         return f"{settings['student']} {settings['method']}{extra}{lr} s{settings['seed']}"
-    parts = [f"{settings['teacher']}@e{settings['teacher_stop_epoch']}{_student_text(settings)}"]
+    teacher = "".join(f" {k.removeprefix('teachers.recipe.')}={v:.3g}" if isinstance(v, float) else f" {v}"
+                      for k, v in settings.get("searched_teacher", {}).items())
+    parts = [f"{settings['teacher']}@e{settings['teacher_stop_epoch']}{teacher}{_student_text(settings)}"]
     if settings["method"] != "kd":
         parts.append(settings["method"])
     if settings["temperature"] is not None:
