@@ -126,3 +126,27 @@ def section_axes(data: dict, section: str, forbid: tuple[str, ...] = ()) -> dict
             raise KdxError(f"{where}: got a {axes[where].kind}; allowed: a fixed value (ASHA counts epochs; "
                            "`kdx search --epochs` changes them).")
     return axes
+
+
+def check_points(points: list[dict], axes: dict[str, Axis], algorithm: str) -> None:
+    """`search.points_to_evaluate`: each point names searched values only (all of them for Optuna,
+    which takes no partial points), each inside its axis; KdxError naming the point and the value."""
+    for i, point in enumerate(points):
+        where = f"search.points_to_evaluate[{i}]"
+        unknown = sorted(set(point) - set(axes))
+        if unknown:
+            raise KdxError(f"{where}.{unknown[0]}: not a searched value; allowed: {', '.join(axes) or 'none'}.")
+        missing = [k for k in axes if k not in point]
+        if missing and algorithm == "optuna":
+            raise KdxError(f"{where}: {missing[0]!r} is missing; allowed: a value for every searched name "
+                           f"({', '.join(axes)}).")
+        for k, v in point.items():
+            a = axes[k]
+            if a.kind in ("uniform", "loguniform"):
+                lo, hi = getattr(a, a.kind)
+                inside = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+                allowed = f"a number in [{lo}, {hi}]"
+            else:
+                inside, allowed = v in a.values(), f"one of {a.values()}"
+            if not inside:
+                raise KdxError(f"{where}.{k}: got {v!r}; allowed: {allowed}.")

@@ -81,7 +81,7 @@ def add_model_arguments(group, model, prefix: str = "", skip: tuple[str, ...] = 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The data flags: the spec's `dataset:` fields (`--dataset` is its `name`)."""
-    from .spec import DatasetSection
+    from .data import DatasetSection
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=DatasetSection.model_fields["name"].default,
@@ -91,7 +91,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def data_spec_from_args(args: argparse.Namespace):
     """The data flags are named like a spec's `dataset:` fields and checked the same way."""
-    from .spec import DatasetSection, parse_dataset
+    from .data import DatasetSection, parse_dataset
 
 
     fields = {f: getattr(args, f) for f in DatasetSection.model_fields if f != "name"}

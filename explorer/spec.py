@@ -23,9 +23,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
 
-from .axes import Axis, as_axis, param_name, section_axes, set_path
+from .axes import Axis, as_axis, check_points, param_name, section_axes, set_path
 from .config import Recipe, Strict, TrainConfig
-from .data import DataCondition, DataSpec
+from .data import DatasetSection, DataSpec
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
@@ -33,39 +33,6 @@ from .teachers import parse_teacher, teacher_chains, teacher_kind
 
 # The distill keys: the method and every hyperparameter any registered method declares.
 AXES = ("method", *hparam_names())
-
-
-class DatasetSection(Strict):
-    """The `dataset:` section (and the `kdx train` data flags): field names and types only; the values
-    are checked by `DataSpec.validate` and `DataCondition.validate`, the one validator per field."""
-
-    name: str = Field("mnist1d", description="dataset name (see `kdx datasets`)")
-    data_dir: str | None = Field(None, description="directory with the dataset (CIFAR) or its cache")
-    download: bool = Field(False, description="download CIFAR into data_dir if missing")
-    val_fraction: float = Field(0.1, description="validation split carved from train")
-    split_seed: int = Field(0, description="seed of the validation split and the data conditions")
-    label_noise: float = Field(0.0, description="symmetric label-noise rate sigma (train only)")
-    imbalance_gamma: float | None = Field(None, description="power-law class imbalance gamma")
-    imbalance_max: int | None = Field(None, description="largest class count under imbalance")
-    imbalance_min: int | None = Field(None, description="smallest class count under imbalance")
-    omit_classes: list[int] = Field([], description="classes dropped from train, e.g. 3,7")
-
-    def data_spec(self) -> DataSpec:
-        """The checked DataSpec; KdxError naming `dataset.<field>`."""
-        spec = DataSpec(
-            dataset=self.name, data_dir=self.data_dir, download=self.download,
-            val_fraction=self.val_fraction, split_seed=self.split_seed,
-            condition=DataCondition(
-                label_noise=self.label_noise, imbalance_gamma=self.imbalance_gamma,
-                imbalance_max=self.imbalance_max, imbalance_min=self.imbalance_min,
-                omit_classes=tuple(self.omit_classes)),
-        )
-        try:
-            spec.validate()
-        except KdxError as e:
-            field, _, rest = str(e).partition(":")
-            raise KdxError(f"dataset.{'name' if field == 'dataset' else field}:{rest}") from None
-        return spec
 
 
 class StudentSection(Recipe):
@@ -274,32 +241,8 @@ class SearchSpec(Strict):
                            f"allowed: 1..student.epochs ({self.student.epochs}).")
         if len(set(self.seeds)) != len(self.seeds):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
-        self._check_points()
+        check_points(self.search.points_to_evaluate, self.searched_axes(), self.search.algorithm)
         return self
-
-    def _check_points(self) -> None:
-        """`search.points_to_evaluate`: each point names searched values only (all of them for Optuna,
-        which takes no partial points), each inside its axis."""
-        axes = self.searched_axes()
-        for i, point in enumerate(self.search.points_to_evaluate):
-            where = f"search.points_to_evaluate[{i}]"
-            unknown = sorted(set(point) - set(axes))
-            if unknown:
-                raise KdxError(f"{where}.{unknown[0]}: not a searched value; allowed: {', '.join(axes) or 'none'}.")
-            missing = [k for k in axes if k not in point]
-            if missing and self.search.algorithm == "optuna":
-                raise KdxError(f"{where}: {missing[0]!r} is missing; allowed: a value for every searched name "
-                               f"({', '.join(axes)}).")
-            for k, v in point.items():
-                a = axes[k]
-                if a.kind in ("uniform", "loguniform"):
-                    lo, hi = getattr(a, a.kind)
-                    inside = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
-                    allowed = f"a number in [{lo}, {hi}]"
-                else:
-                    inside, allowed = v in a.values(), f"one of {a.values()}"
-                if not inside:
-                    raise KdxError(f"{where}.{k}: got {v!r}; allowed: {allowed}.")
 
     # ----------------------------------------------------------- planning helpers
     def data_spec(self) -> DataSpec:
@@ -378,15 +321,6 @@ def _build(data: dict) -> SearchSpec:
         return SearchSpec(**data)
     except ValidationError as e:
         raise KdxError(pydantic_sentence(e)) from None
-
-
-def parse_dataset(fields: dict) -> DataSpec:
-    """A `dataset:` section (or the same-named CLI flags) -> DataSpec, with the spec's checks and errors."""
-    try:
-        section = DatasetSection(**fields)
-    except ValidationError as e:
-        raise KdxError(pydantic_sentence(e, "dataset.")) from None
-    return section.data_spec()
 
 
 def parse_spec(data: Any, source: str = "spec") -> SearchSpec:
