@@ -53,8 +53,11 @@ class Axis(Strict):
         if len(kinds) > 1:
             raise ValueError(f"give one of choice, uniform, loguniform, grid, not {' and '.join(kinds)}")
         for k in ("choice", "grid"):
-            if getattr(self, k) == []:
+            values = getattr(self, k)
+            if values == []:
                 raise ValueError(f"{k} is empty; allowed: a non-empty list")
+            if values and len({repr(v) for v in values}) != len(values):
+                raise ValueError(f"{k} {values} repeats a value; allowed: distinct values")
         for k in ("uniform", "loguniform"):
             r = getattr(self, k)
             if r is not None and not r[0] < r[1]:
@@ -94,6 +97,8 @@ def is_axis_form(value) -> bool:
 def as_axis(value) -> Axis:
     if isinstance(value, Axis):
         return value
+    if isinstance(value, (list, tuple)):
+        raise ValueError("allowed: a single value, or {choice: [...]} or {grid: [...]} to search several")
     if is_axis_form(value):
         return Axis(**value)
     return Axis(fixed=value)
@@ -107,9 +112,11 @@ def set_path(data: dict, path: str, value) -> dict:
     return out
 
 
-def section_axes(data: dict, section: str, forbid: tuple[str, ...] = ()) -> dict[str, Axis]:
+def section_axes(data: dict, section: str, forbid: tuple[str, ...] = (), discrete: tuple[str, ...] | None = None,
+                 why: str = "") -> dict[str, Axis]:
     """The fields of the (dotted) `section` of `data` written as axes, by spec path; KdxError for a
-    malformed axis, or for a searched field in `forbid` (the student's epochs: ASHA's clock)."""
+    malformed axis, for a searched field in `forbid` (the student's epochs: ASHA's clock), or for a
+    range on a field that takes only listed values (`discrete`; None: every field; `why` says why)."""
     fields = data
     for key in section.split("."):
         fields = fields.get(key) if isinstance(fields, dict) else None
@@ -119,12 +126,14 @@ def section_axes(data: dict, section: str, forbid: tuple[str, ...] = ()) -> dict
             continue
         where = f"{section}.{key}"
         try:
-            axes[where] = as_axis(value)
+            axes[where] = axis = as_axis(value)
         except ValidationError as e:
             raise KdxError(f"{where}: {e.errors()[0]['msg'].removeprefix('Value error, ')}.") from None
-        if key in forbid and axes[where].kind != "fixed":
-            raise KdxError(f"{where}: got a {axes[where].kind}; allowed: a fixed value (ASHA counts epochs; "
+        if key in forbid and axis.kind != "fixed":
+            raise KdxError(f"{where}: got a {axis.kind}; allowed: a fixed value (ASHA counts epochs; "
                            "`kdx search --epochs` changes them).")
+        if axis.kind in ("uniform", "loguniform") and (discrete is None or key in discrete):
+            raise KdxError(f"{where}: got a {axis.kind} range; allowed: a fixed value, a choice or a grid{why}.")
     return axes
 
 

@@ -359,8 +359,11 @@ def cmd_methods(args):
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every registered command (`kdx/cli.py` registers the other layers' first)."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="kdx", description="Explore knowledge-distillation hyperparameters "
                                      "and the teacher-student capacity gap.")
+    parser.add_argument("--version", action="version", version=f"kdx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in COMMANDS.values():
         sp = sub.add_parser(c.name, help=c.help, description=c.help)

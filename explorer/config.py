@@ -7,7 +7,7 @@ and validators.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Annotated, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -47,6 +47,10 @@ SCHEDULES: dict[str, Callable[["Recipe", int], float]] = {
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# A seed every generator kdx seeds accepts (numpy's legacy seeding stops at 2**32 - 1).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Recipe(Strict):
@@ -98,7 +102,7 @@ class TrainConfig(Recipe):
     one-sentence `KdxError`, never a pydantic traceback."""
 
     arch: str
-    seed: int = 0
+    seed: Seed = 0
     method: str = "ce"
     method_params: dict = {}
 

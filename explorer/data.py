@@ -176,8 +176,8 @@ class DataSpec:
         vf = self.val_fraction
         if not _is_real(vf) or not (0.0 <= float(vf) < 1.0):
             raise bad_value("val_fraction", vf, "allowed: a number in [0, 1)")
-        if not _is_int(self.split_seed) or self.split_seed < 0:
-            raise bad_value("split_seed", self.split_seed, "allowed: an integer >= 0")
+        if not _is_int(self.split_seed) or not 0 <= self.split_seed <= 2**32 - 1:
+            raise bad_value("split_seed", self.split_seed, "allowed: an integer from 0 to 2**32 - 1")
         if not isinstance(self.condition, DataCondition):
             raise bad_value("condition", self.condition, "allowed: a DataCondition")
         self.condition.validate(DATASETS[self.dataset].num_classes)

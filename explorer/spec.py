@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, create_model, field_validator
 
 from .axes import Axis, as_axis, check_points, param_name, section_axes, set_path
-from .config import Recipe, Strict, TrainConfig
+from .config import Recipe, Seed, Strict, TrainConfig
 from .data import DatasetSection, DataSpec
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
@@ -48,10 +48,11 @@ class StudentSection(Recipe):
 
 class TeachersSection(Strict):
     archs: list[str] = Field(min_length=1)  # teacher entries, see explorer/teachers.py
-    stop_epochs: list[int] | None = None  # default: the recipe's final epoch only
     early_stop_schedule: bool = False  # True: each stop epoch n is its own n-epoch run (seed 004 section 5.5)
-    seed: int = 0
+    seed: Seed = 0
     recipe: Recipe = Recipe()
+    # default: the recipe's final epoch only (after `recipe` and `early_stop_schedule`: it is checked against them)
+    stop_epochs: list[int] | None = None
     # How the links of a chain ('a<b', 'a^g') are distilled: a method and its hyperparameters.
     distill: dict = {"method": "kd"}
     generations: int = Field(0, ge=0, le=20)  # adds 'a^1' .. 'a^g' for every plain architecture entry
@@ -91,20 +92,21 @@ class TeachersSection(Strict):
                            "from one teacher (kd, ckm, wsl).")
         return name, {k: v for k, v in hp.items()}
 
-    @model_validator(mode="after")
-    def _stops(self):
-        stops = self.stop_epochs
+    @field_validator("stop_epochs")
+    @classmethod
+    def _stops(cls, stops, info: ValidationInfo):
         if stops is None:
-            return self
+            return stops
         if not stops:
-            raise ValueError("stop_epochs is empty; allowed: a non-empty list of epochs")
+            raise ValueError("allowed: a non-empty list of epochs")
         if len(set(stops)) != len(stops):
-            raise ValueError("stop_epochs contains duplicates")
-        limit = math.inf if self.early_stop_schedule else self.recipe.epochs
+            raise ValueError("allowed: distinct epochs")
+        epochs = info.data["recipe"].epochs if "recipe" in info.data else math.inf
+        limit = math.inf if info.data.get("early_stop_schedule") else epochs
         bad = [s for s in stops if not 1 <= s <= limit]
         if bad:
-            raise ValueError(f"stop epoch {bad[0]} is beyond the teacher's epochs; allowed: 1..{self.recipe.epochs}")
-        return self
+            raise ValueError(f"stop epoch {bad[0]} is outside the teacher's epochs; allowed: 1..{epochs}")
+        return stops
 
     def stops(self) -> list[int]:
         return list(self.stop_epochs or [self.recipe.epochs])
@@ -144,7 +146,7 @@ class SearchSection(Strict):
     max_concurrent: int = Field(2, ge=1)
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     mode: Literal["max", "min"] = "max"
-    seed: int = 0
+    seed: Seed = 0
     points_to_evaluate: list[dict] = []
     asha: AshaSection | None = AshaSection()
 
@@ -166,7 +168,7 @@ class SearchSpec(Strict):
     student: StudentSection
     teachers: TeachersSection
     distill: DistillSection = DistillSection()
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     baseline: bool = True
     search: SearchSection = SearchSection()
     resources: ResourcesSection = ResourcesSection()
@@ -192,11 +194,8 @@ class SearchSpec(Strict):
                            "configs on the validation split, never on test.")
         algo = self.search.algorithm
         for where, axis in self.value_axes().items():
-            if axis.kind in ("uniform", "loguniform") and where in ("distill.method", "student.arch"):
+            if axis.kind in ("uniform", "loguniform") and where == "distill.method":
                 raise KdxError(f"{where}: got {axis.kind}; allowed: a fixed value, a choice or a grid.")
-            if axis.kind in ("uniform", "loguniform") and where.startswith("teachers."):
-                raise KdxError(f"{where}: got a {axis.kind} range; allowed: a fixed value, a choice or a grid "
-                               "(every teacher is built before the search starts).")
             if axis.kind in ("uniform", "loguniform") and algo == "grid":
                 raise KdxError(f"{where}: got a {axis.kind} range with search.algorithm grid; "
                                "allowed: a fixed value or a grid.")
@@ -220,6 +219,13 @@ class SearchSpec(Strict):
                         m.resolve({hp.name: v})
                     except KdxError as e:
                         raise KdxError(f"distill.{e}") from None
+        methods = [get_method(m) for m in axes["method"].values()]
+        for name, axis in axes.items():
+            takers = [m.name for m in methods if name in {h.name for h in m.hparams}]
+            if name != "method" and axis.values() != [None] and not takers:
+                others = [m.name for m in METHODS.values() if name in {h.name for h in m.hparams}]
+                raise KdxError(f"distill.{name}: got {axis.values()[0]!r}; allowed only with a method that takes it "
+                               f"({', '.join(others)}), and distill.method is {', '.join(m.name for m in methods)}.")
         self.teachers.distill_method()
         students = self.student_archs()
         for method in axes["method"].values():
@@ -326,7 +332,8 @@ def _build(data: dict) -> SearchSpec:
 def parse_spec(data: Any, source: str = "spec") -> SearchSpec:
     if not isinstance(data, dict):
         raise KdxError(f"{source}: got {type(data).__name__}; allowed: a YAML mapping with name, student, teachers, ...")
-    axes = section_axes(data, "student", forbid=("epochs",)) | section_axes(data, "teachers.recipe")
+    axes = section_axes(data, "student", forbid=("epochs",), discrete=("arch", "schedule", "nesterov")) | \
+        section_axes(data, "teachers.recipe", why=" (every teacher is built before the search starts)")
     searched = {p: a for p, a in axes.items() if a.kind != "fixed"}
 
     def build(values: dict) -> SearchSpec:
@@ -343,16 +350,37 @@ def parse_spec(data: Any, source: str = "spec") -> SearchSpec:
     return build(base)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_spec(path: str | Path) -> tuple[SearchSpec, str]:
     """Read, parse and check a spec file; returns (spec, the file's text) for attaching to MLflow."""
     path = Path(path)
+    if path.is_dir():
+        raise KdxError(f"SPEC: got {str(path)!r}, a directory; allowed: a spec file in it, e.g. "
+                       f"{str(path / 'quickstart.yaml')!r}.")
     if not path.is_file():
         raise KdxError(f"SPEC: got {str(path)!r}; no such file (specs live in searches/, e.g. searches/quickstart.yaml).")
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise KdxError(f"SPEC: {str(path)!r} is not UTF-8 text (byte {e.start}); allowed: a UTF-8 YAML file.") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise KdxError(f"SPEC: {str(path)!r} is not valid YAML{where}; fix the syntax.") from None
+        problem = getattr(e, "problem", None) or "syntax"
+        raise KdxError(f"SPEC: {str(path)!r} is not valid YAML{where} ({problem}); fix it.") from None
     return parse_spec(data, str(path)), text

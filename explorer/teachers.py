@@ -37,8 +37,8 @@ def parse_teacher(text: str, seed: int, field: str = "teachers.archs") -> list[l
             gens, arch, link_seed = 0, link, seed
             if "^" in arch:
                 arch, _, g = arch.partition("^")
-                if not g.isdigit():
-                    raise KdxError(f"{field}: got {text!r}; the generation after '^' must be a whole number; {TEACHER_SYNTAX}.")
+                if not g.isdigit() or int(g) == 0:
+                    raise KdxError(f"{field}: got {text!r}; the generation after '^' must be a whole number >= 1 ('a^0' is 'a'); {TEACHER_SYNTAX}.")
                 gens = int(g)
             if ":" in arch:
                 arch, _, sd = arch.partition(":")

@@ -49,10 +49,10 @@ class HParam:
             raise bad_value(self.name, value, "a value is required")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad_value(self.name, value, "allowed: a number")
-        if self.integer and float(value) != int(value):
-            raise bad_value(self.name, value, "allowed: a whole number")
         if not math.isfinite(float(value)):
             raise bad_value(self.name, value, "allowed: a finite number")
+        if self.integer and float(value) != int(value):
+            raise bad_value(self.name, value, "allowed: a whole number")
         lo_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
         hi_ok = self.high is None or value <= self.high
         if not (lo_ok and hi_ok):
