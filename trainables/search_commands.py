@@ -37,15 +37,15 @@ def cmd_search(args):
     from explorer.errors import bad_value
     from explorer.spec import load_spec
 
-    from .search import run_search
-
-    spec, text = load_spec(args.spec)
-    for flag in ("max_concurrent", "num_samples", "epochs"):
+    for flag in ("max_concurrent", "num_samples", "epochs"):  # checked before anything heavy is imported
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise bad_value(f"--{flag.replace('_', '-')}", v, "allowed: a whole number >= 1")
+    spec, text = load_spec(args.spec)
     if args.epochs:
         spec = spec.replace("student.epochs", args.epochs)
+    from .search import run_search  # Ray and MLflow: only once the spec is known to be good
+
     outcome = run_search(spec, text, address=args.address, storage=args.storage, tracking_uri=args.tracking_uri,
                          resume=args.resume, max_concurrent=args.max_concurrent, num_samples=args.num_samples,
                          dry_run=args.dry_run)
