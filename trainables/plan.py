@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from explorer.config import TrainConfig
 from explorer.data import DATASETS
 from explorer.methods import get_method
 from explorer.models import build_model, count_params
@@ -87,9 +86,6 @@ class Plan:
         out |= {name: getattr(train, name.removeprefix("student.")) for name in RECIPE_PARAMS}
         return out
 
-    def train_config(self, settings: dict) -> TrainConfig:
-        return settings["train"]
-
 
 def make_plan(spec: SearchSpec, store_root: str) -> Plan:
     data = spec.data_spec()
@@ -129,9 +125,10 @@ def make_plan(spec: SearchSpec, store_root: str) -> Plan:
     return plan
 
 
-def _student_text(settings: dict) -> str:
-    return "".join(f" {k.removeprefix('student.')}={v:.3g}" if isinstance(v, float) else f" {v}"
-                   for k, v in settings.get("searched_student", {}).items())
+def _values_text(values: dict, prefix: str, numbers_only: bool = False) -> str:
+    """' lr=0.05 cnn1d_w8' for searched values: numbers as name=value (name without `prefix`), others bare."""
+    return "".join(f" {k.removeprefix(prefix)}={v:.3g}" if isinstance(v, float) else f" {v}"
+                   for k, v in values.items() if isinstance(v, float) or not numbers_only)
 
 
 def trial_label(settings: dict) -> str:
@@ -140,12 +137,11 @@ def trial_label(settings: dict) -> str:
     if settings["teacher"] == NO_TEACHER:
         extra = "".join(f" {k}={settings[k]:.3g}" for k in ("epsilon", "delta", "temperature")
                         if settings.get(k) is not None and settings["method"] != "ce")
-        lr = "".join(f" {k.removeprefix('student.')}={v:.3g}" for k, v in settings.get("searched_student", {}).items()
-                     if isinstance(v, float))
+        lr = _values_text(settings.get("searched_student", {}), "student.", numbers_only=True)
         return f"{settings['student']} {settings['method']}{extra}{lr} s{settings['seed']}"
-    teacher = "".join(f" {k.removeprefix('teachers.recipe.')}={v:.3g}" if isinstance(v, float) else f" {v}"
-                      for k, v in settings.get("searched_teacher", {}).items())
-    parts = [f"{settings['teacher']}@e{settings['teacher_stop_epoch']}{teacher}{_student_text(settings)}"]
+    teacher = _values_text(settings.get("searched_teacher", {}), "teachers.recipe.")
+    student = _values_text(settings.get("searched_student", {}), "student.")
+    parts = [f"{settings['teacher']}@e{settings['teacher_stop_epoch']}{teacher}{student}"]
     if settings["method"] != "kd":
         parts.append(settings["method"])
     if settings["temperature"] is not None:

@@ -47,7 +47,7 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
         store = TeacherStore(plan.store_root)
         teacher = [store.load_model(key, settings["teacher_stop_epoch"])[0]
                    for key in settings["teacher_key"].split(",")]
-    trainer = Trainer(plan.train_config(settings), splits, teacher=teacher)
+    trainer = Trainer(settings["train"], splits, teacher=teacher)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
