@@ -116,7 +116,7 @@ class TrainConfig(Recipe):
 
     def validate(self) -> dict:
         """The method's resolved hyperparameters (the fields were checked on construction)."""
-        return check_method_params(self.method, self.method_params, self.epochs)
+        return check_method_params(self.method, self.method_params, self.epochs, archs=[self.arch])
 
     def as_dict(self) -> dict:
         d = self.model_dump()

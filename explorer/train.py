@@ -25,7 +25,7 @@ from .config import SCHEDULES, TrainConfig  # noqa: F401  (TrainConfig is part o
 from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
 from .features import FeatureTap, feature_paths
-from .methods import LossInputs, get_method
+from .methods import LossInputs, check_method_params, get_method
 
 
 class Diverged(KdxError):
@@ -80,6 +80,14 @@ class Trainer:
 
     Epochs are 1-based. `run()` calls `callback(epoch, metrics, trainer)` after every epoch; the
     callback may save `trainer.state_dict()` and report metrics (a Ray trial does both).
+
+    Two-stage methods (fitnet, fsp: `method.init_epochs(hp) > 0`) get an init stage first: epochs
+    1..init_epochs train on `method.init_losses` with their own SGD optimiser and schedule
+    (`method.init_recipe`), then epochs init_epochs+1 .. init_epochs+cfg.epochs are the recipe's main
+    stage (`method.losses`, the recipe's optimiser; its schedule counts from the stage's first epoch).
+    One epoch clock runs through both (`total_epochs`), one report per epoch, each with `stage` 1 or 2;
+    so Ray's `training_iteration` (ASHA's clock) counts the init epochs too, and a two-stage trial
+    reports init_epochs more times than `cfg.epochs`.
     """
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device | str | None = None,
@@ -88,6 +96,9 @@ class Trainer:
         self.cfg = cfg
         self.method = get_method(cfg.method)
         teachers = list(teacher) if isinstance(teacher, (list, tuple)) else ([] if teacher is None else [teacher])
+        # methods that cannot read these architectures' features are refused before any compute
+        check_method_params(cfg.method, cfg.method_params, cfg.epochs,
+                            archs=[cfg.arch] + [t.arch for t in teachers if hasattr(t, "arch")])
         if self.method.needs_teacher and not teachers:
             raise bad_value("teacher", None, f"method {cfg.method!r} needs a teacher")
         if self.method.needs_teacher and len(teachers) > 1 and "ensemble" not in self.method.teacher_kinds:
@@ -101,7 +112,9 @@ class Trainer:
         self.model = self.method.build_student(cfg.arch, splits.num_classes, splits.input_shape, self.hp).to(self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(cfg.seed)
-        self.epoch = 0  # epochs completed
+        self.epoch = 0  # epochs completed (init stage included)
+        self.init_epochs = self.method.init_epochs(self.hp)
+        self.total_epochs = self.init_epochs + cfg.epochs
         self.history: list[dict] = []
         self.teacher = None  # one module, or a TeacherEnsemble of several
         self.teacher_tap = None
@@ -121,6 +134,14 @@ class Trainer:
         )
         schedule = SCHEDULES[cfg.schedule]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: schedule(cfg, e))
+        self.init_optimizer = self.init_scheduler = None
+        if self.init_epochs:
+            lr, milestones, gamma = self.method.init_recipe(self.hp)
+            self.init_optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
+                                                  nesterov=cfg.nesterov and cfg.momentum > 0,
+                                                  weight_decay=cfg.weight_decay)
+            self.init_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.init_optimizer, lambda e: gamma ** sum(e >= m for m in milestones))
 
     def _build_method_modules(self) -> nn.Module | None:
         """Run one sample through the student (and teacher) to learn their feature shapes, then let the
@@ -182,6 +203,8 @@ class Trainer:
             "modules": self.modules.state_dict() if self.modules is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "init_optimizer": self.init_optimizer.state_dict() if self.init_optimizer is not None else {},
+            "init_scheduler": self.init_scheduler.state_dict() if self.init_scheduler is not None else {},
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
             "history": self.history,
@@ -194,6 +217,9 @@ class Trainer:
             self.modules.load_state_dict(state["modules"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.init_optimizer is not None:
+            self.init_optimizer.load_state_dict(state["init_optimizer"])
+            self.init_scheduler.load_state_dict(state["init_scheduler"])
         self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
@@ -203,6 +229,10 @@ class Trainer:
         epoch = self.epoch + 1
         s, hp, method = self.splits, self.hp, self.method
         use_teacher = self.teacher is not None and method.uses_teacher(epoch, hp)
+        init_stage = epoch <= self.init_epochs
+        optimizer, scheduler = ((self.init_optimizer, self.init_scheduler) if init_stage
+                                else (self.optimizer, self.scheduler))
+        loss_terms = method.init_losses if init_stage else method.losses
         self.model.train()
         if self.modules is not None:
             self.modules.train()
@@ -221,11 +251,11 @@ class Trainer:
             with _autocast(self.device):
                 logits = self.model(xb)
             feats = self.student_tap.features if self.student_tap is not None else None
-            terms = method.losses(LossInputs(logits, yb, epoch, t_logits, feats, t_feats, self.modules), hp)
+            terms = loss_terms(LossInputs(logits, yb, epoch, t_logits, feats, t_feats, self.modules), hp)
             loss = sum(terms.values())
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            optimizer.step()
             n = len(yb)
             n_seen += n
             total += loss.detach() * n
@@ -234,12 +264,14 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
         train_loss = (total / n_seen).item()
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} at epoch {epoch}; the run stopped.")
         metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
+        if self.init_epochs:
+            metrics["stage"] = 1 if init_stage else 2
         # Every loss term the method returned, as train_<term>; ce and kd always (0 when absent) so
         # epochs with the KD term switched off keep one column.
         for k in ("ce", "kd"):
@@ -264,8 +296,8 @@ class Trainer:
         return out
 
     def run(self, callback: EpochCallback | None = None) -> list[dict]:
-        """Train from the current epoch to `cfg.epochs`; return the per-epoch history."""
-        while self.epoch < self.cfg.epochs:
+        """Train from the current epoch to `total_epochs`; return the per-epoch history."""
+        while self.epoch < self.total_epochs:
             metrics = self.train_epoch()
             if callback is not None:
                 callback(self.epoch, metrics, self)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..errors import KdxError, bad_value
-from ..models import build_model
+from ..models import build_model, default_input_family
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,35 @@ class Method:
     # Intermediate features the method reads, by role ("blocks", "penultimate"; explorer/features.py):
     # None = logits only. The same role is tapped on the student and on the teacher.
     feature_role: str | None = None
+    # True when the method reads per-position feature maps (attention maps, flow matrices): refused on
+    # architectures whose features have no spatial/temporal axis (MLPs), see `arch_problem`.
+    spatial_features: bool = False
 
     @property
     def needs_features(self) -> bool:
         return self.feature_role is not None
+
+    def arch_problem(self, arch: str) -> str | None:
+        """Why this method cannot run on (student or teacher) architecture `arch`, or None. Checked by
+        `check_method_params(..., archs=...)` and by the trainer's setup, before any compute."""
+        if self.spatial_features and default_input_family(arch) == "any":
+            return (f"method {self.name!r} compares per-position feature maps, which architecture {arch!r} "
+                    f"(an MLP, flat features) does not have; use a CNN (cnn1d_w*, resnet*, wrn_*)")
+        return None
+
+    # ---- two-stage methods (fitnet, fsp): an init stage run by the trainer before the main stage.
+    def init_epochs(self, hp: dict) -> int:
+        """Epochs of the init stage (0 = a one-stage method); from the `init_epochs` hyperparameter."""
+        return int(hp.get("init_epochs") or 0)
+
+    def init_recipe(self, hp: dict) -> tuple[float, tuple[int, ...], float]:
+        """(lr, milestones within the init stage, LR factor) of the init stage's own SGD optimiser
+        (momentum and weight decay are the student recipe's)."""
+        raise NotImplementedError
+
+    def init_losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
+        """The loss terms of the init stage (the main stage uses `losses`)."""
+        raise NotImplementedError
 
     def resolve(self, params: dict | None) -> dict:
         """Defaults filled in, every value checked, unknown names refused."""
@@ -187,10 +212,16 @@ def hparam_declarations(name: str) -> list[tuple[Method, HParam]]:
     return [(m, h) for m in METHODS.values() for h in m.hparams if h.name == name]
 
 
-def check_method_params(name: str, params: dict | None, epochs: int) -> dict:
-    """Resolve a method's hyperparameters, including checks that depend on the run (epochs)."""
+def check_method_params(name: str, params: dict | None, epochs: int, archs: tuple[str, ...] | list[str] = ()
+                        ) -> dict:
+    """Resolve a method's hyperparameters, including checks that depend on the run (epochs, and the
+    student's and teachers' architectures `archs` when given)."""
     method = get_method(name)
     hp = method.resolve(params)
+    for arch in archs:
+        problem = method.arch_problem(arch)
+        if problem:
+            raise KdxError(f"{problem}.")
     stop = hp.get("kd_stop_epoch")
     if stop is not None and stop > epochs:
         raise KdxError(f"kd_stop_epoch: got {stop}; allowed: 1 <= kd_stop_epoch <= epochs ({epochs}).")

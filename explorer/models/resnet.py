@@ -6,7 +6,9 @@
   RepDistiller models).
 
 Feature roles: "blocks" = [stem output (after its ReLU), stage-1, stage-2, stage-3 outputs], all
-before the global pool; "penultimate" = the pooled, flattened features the classifier reads.
+before the global pool; "penultimate" = the pooled, flattened features the classifier reads;
+"preact" = per stage, the last block's residual branch after its second BN, before the shortcut is
+added and the ReLU (the block's pre-ReLU sum is a functional call, not a module output).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ class CifarResNet(KdxModel):
         return TrunkHead(trunk, head, self.feature_channels[2])
 
 
-register_roles(CifarResNet, {"blocks": ["stem_relu", "layer1", "layer2", "layer3"], "penultimate": ["flatten"]})
+register_roles(CifarResNet, {"blocks": ["stem_relu", "layer1", "layer2", "layer3"], "penultimate": ["flatten"],
+                             "preact": lambda m: [f"layer{i}.{len(m.layer1) - 1}.bn2" for i in (1, 2, 3)]})
 
 
 @register_family(rf"resnet{NUM}", input_family="image", allowed="resnet8/14/20/26/32/44/56/110",

@@ -1,9 +1,11 @@
 """The small families for MNIST-1D-sized data, where a capacity-gap curve trains in minutes on a CPU.
 
 * ``cnn1d_w<width>``: the MNIST-1D CNN (three strided Conv1d + ReLU blocks, flatten, linear).
+* ``cnn1dbn_w<width>``: the same with batch norm after each conv (Conv1d without bias + BN + ReLU).
 * ``mlp_<width>x<depth>``: flatten, ``depth`` hidden Linear+ReLU layers of ``width`` units, linear.
 
-Feature roles: "blocks" = the output of each conv block / hidden layer (after its ReLU);
+Feature roles: "blocks" = the output of each conv block / hidden layer (after its ReLU); "preact" =
+the same before the ReLU (the conv or conv+BN output; the hidden Linear output);
 "penultimate" = what the final linear layer reads (the flattened last conv block; the last hidden
 layer's output). The ReLUs and the flatten are modules so that feature hooks can reach them.
 """
@@ -33,12 +35,13 @@ class CNN1d(KdxModel):
     # (kernel, stride, padding) of the three conv blocks
     _CONVS = ((5, 2, 1), (3, 2, 1), (3, 2, 1))
 
-    def __init__(self, width: int, num_classes: int, in_channels: int, length: int):
+    def __init__(self, width: int, num_classes: int, in_channels: int, length: int, batch_norm: bool = False):
         super().__init__()
         convs = []
         cin, seq_len = in_channels, length
         for kernel, stride, padding in self._CONVS:
-            convs.append(nn.Conv1d(cin, width, kernel, stride=stride, padding=padding))
+            conv = nn.Conv1d(cin, width, kernel, stride=stride, padding=padding, bias=not batch_norm)
+            convs.append(nn.Sequential(conv, nn.BatchNorm1d(width)) if batch_norm else conv)
             cin = width
             seq_len = _conv1d_out_len(seq_len, kernel, stride, padding)
             if seq_len < 1:
@@ -67,7 +70,8 @@ class CNN1d(KdxModel):
         return TrunkHead(trunk, head, self.feature_channels[0])
 
 
-register_roles(CNN1d, {"blocks": [f"acts.{i}" for i in range(len(CNN1d._CONVS))], "penultimate": ["flatten"]})
+register_roles(CNN1d, {"blocks": [f"acts.{i}" for i in range(len(CNN1d._CONVS))], "penultimate": ["flatten"],
+                        "preact": [f"convs.{i}" for i in range(len(CNN1d._CONVS))]})
 
 
 class MLP(KdxModel):
@@ -101,12 +105,23 @@ class MLP(KdxModel):
 
 # The paths depend on the depth, so the roles are functions of the model.
 register_roles(MLP, {"blocks": lambda m: [f"acts.{i}" for i in range(len(m.acts))],
-                     "penultimate": lambda m: [f"acts.{len(m.acts) - 1}"]})
+                     "penultimate": lambda m: [f"acts.{len(m.acts) - 1}"],
+                     "preact": lambda m: [f"hidden.{i}" for i in range(len(m.hidden))]})
 
 
 @register_family(rf"cnn1d_w{NUM}", input_family="sequence", allowed="cnn1d_w<width>",
                  examples=[f"cnn1d_w{2 ** i}" for i in range(1, 8)])
 def _cnn1d(m: re.Match) -> Factory:
+    return _cnn1d_factory(m, batch_norm=False)
+
+
+@register_family(rf"cnn1dbn_w{NUM}", input_family="sequence", allowed="cnn1dbn_w<width>",
+                 examples=[f"cnn1dbn_w{2 ** i}" for i in range(1, 8)])
+def _cnn1dbn(m: re.Match) -> Factory:
+    return _cnn1d_factory(m, batch_norm=True)
+
+
+def _cnn1d_factory(m: re.Match, batch_norm: bool) -> Factory:
     width = int(m.group(1))
 
     def factory(num_classes, input_shape):
@@ -117,7 +132,7 @@ def _cnn1d(m: re.Match) -> Factory:
         else:
             raise bad_value("input_shape", tuple(input_shape),
                             f"{m.string} needs (channels, length)")
-        return CNN1d(width, num_classes, channels, length)
+        return CNN1d(width, num_classes, channels, length, batch_norm)
     return factory
 
 

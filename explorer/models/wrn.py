@@ -5,7 +5,9 @@ depth = 6n+4 (n >= 1): stem conv3x3 -> 16, three stages of n pre-activation bloc
 
 Feature roles: "blocks" = [stem output, stage-1, stage-2, stage-3 outputs], the raw stage outputs
 (pre-activation, i.e. before the final BN-ReLU), as in the authors' attention-transfer code;
-"penultimate" = the pooled, flattened features the classifier reads.
+"penultimate" = the pooled, flattened features the classifier reads; "preact" = each stage's output
+after the BN that precedes its ReLU (the next stage's first bn1; the final bn), as in the overhaul-
+distillation code.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class WideResNet(KdxModel):
         return TrunkHead(trunk, head, self.feature_channels[2])
 
 
-register_roles(WideResNet, {"blocks": ["conv1", "block1", "block2", "block3"], "penultimate": ["flatten"]})
+register_roles(WideResNet, {"blocks": ["conv1", "block1", "block2", "block3"], "penultimate": ["flatten"],
+                            "preact": ["block2.0.bn1", "block3.0.bn1", "bn"]})
 
 
 @register_family(rf"wrn_{NUM}_{NUM}", input_family="image", allowed="wrn_<depth>_<k> with depth = 6n+4",
