@@ -3,8 +3,8 @@
 - `analysis.runs`: MLflow -> pandas (`load_trials`, `load_histories`, `find_parent_run`,
   `default_tracking_uri`);
 - `analysis.configs`: the rules every question shares: which trials count, what a config is
-  (`config_columns`, derived from what the runs logged), the best trial (`best_trial`), the best
-  configs to confirm (`best_configs`);
+  (`config_columns`, derived from what the runs logged), the best trial (`best_trial`), the
+  configs to confirm: the best of every cell (`cell_configs`);
 - `analysis.sweetspot`: one pure function per question on the trials frame (imported from
   `analysis.teachers`, `analysis.hparams`, `analysis.gain`);
 - `analysis.report`: Markdown/HTML/CSV report and `attach_to_parent` (plots: `analysis.plots`,
@@ -22,7 +22,7 @@ _EXPORTS = {
     "Answer": "sweetspot", "capacity_curve": "sweetspot", "diagnostics": "sweetspot", "kd_gain": "sweetspot",
     "param_importance": "sweetspot", "status_counts": "sweetspot", "stop_epoch_table": "sweetspot",
     "summary": "sweetspot", "sweet_spot": "sweetspot", "temperature_alpha_map": "sweetspot",
-    "best_configs": "configs", "best_trial": "configs", "completed": "configs", "config_columns": "configs",
+    "cell_configs": "configs", "best_trial": "configs", "completed": "configs", "config_columns": "configs",
     "rank_trials": "configs", "param_columns": "runs",
     "attach_to_parent": "report", "write_report": "report",
 }

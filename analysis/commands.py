@@ -36,9 +36,14 @@ def _other(config: dict | None) -> str:
 
 
 def summary_lines(name: str, summ: dict) -> list[str]:
+    from .words import confirmed_words
+
     t = summ["trials"]
     counts = ", ".join(f"{t[s]} {s}" for s in t if s != "total" and t[s])
     lines = [f"{name}: {t.get('total', 0)} trial runs ({counts or 'none'})"]
+    lines += [f"  {w}" for w in confirmed_words(summ.get("confirmed", {}))]
+    if summ["students"]:
+        lines.append("search (best single runs, not confirmed):")
     if not summ["students"]:
         lines.append("no completed distilled trials yet: nothing to compare")
     for s in summ["students"]:
@@ -76,8 +81,8 @@ def cmd_analyze(args):
     out = Path(args.out) if args.out else Path("kdx_runs") / args.name / "analysis"
     paths = write_report(df, out, f"kdx analysis: {args.name}", confidence=args.confidence,
                          meta={"experiment": args.name, "tracking_uri": uri})
-    parent = None if args.no_attach else attach_to_parent(paths, args.name, uri)
     summ = summary(df, args.confidence)
+    parent = None if args.no_attach else attach_to_parent(paths, args.name, uri, metrics=summ["headline"])
     lines = summary_lines(args.name, summ)
     lines.append(f"report: {paths['markdown']} (html: {paths['html']})")
     if parent:

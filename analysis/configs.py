@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from explorer.tracking import COMPLETED, DERIVED_PARAMS, KIND_BASELINE, KIND_SEARCH, NO_TEACHER, SEED_PARAM
+from explorer.tracking import COMPLETED, DERIVED_PARAMS, KIND_BASELINE, KIND_SEARCH, NO_TEACHER, PRUNED, SEED_PARAM
 
 from .runs import is_none, param_columns, typed
 
@@ -175,23 +175,33 @@ def config_value(v):
     return v
 
 
-def best_configs(df: pd.DataFrame, top: int, metric: str = "val_acc", mode: str = "max") -> list[dict]:
-    """The `top` best distinct configs among completed distilled search trials (kind "search"),
-    ranked by final `metric` (`mode` "max" or "min") with `rank_trials`; each as
-    {config column: value} (`config_value`: None where the run has no value), ready to re-run
-    with fresh seeds (`kdx confirm`)."""
+def cell_configs(df: pd.DataFrame, cells: list[str], metric: str = "val_acc", mode: str = "max"
+                 ) -> tuple[list[dict], list[dict]]:
+    """The confirmation stage's choice: the best config of every cell (one value of each of the
+    `cells` params, e.g. teacher x teacher_stop_epoch) among the distilled search trials, ranked
+    by final `metric` with `rank_trials` (validation only). A cell's completed trials come first;
+    a cell whose trials were all pruned by ASHA gets its best pruned trial (by its value at the
+    rung where it was stopped), so the confirmation gives it a full, unpruned run rather than let
+    it vanish. Returns (configs, missing): each config as {config column: value} (plus
+    `from_status`: completed or pruned) ready to re-run with fresh seeds (`kdx confirm`), and the
+    cells whose trials all diverged or failed, each with its trial statuses."""
     columns = config_columns(df)
-    kd = distilled(df)
-    pool = rank_trials(kd[kd["kind"] == KIND_SEARCH], metric, mode)
-    configs, seen = [], set()
-    for key, (_, row) in zip(pool["config"], pool.iterrows()):
-        if key in seen:
-            continue
-        seen.add(key)
-        configs.append({c: config_value(row[c]) for c in columns})
-        if len(configs) == top:
-            break
-    return configs
+    tried = typed(df)
+    tried = tried[(tried["kind"] == KIND_SEARCH) & ~no_teacher(tried["teacher"])]
+    configs, missing = [], []
+    if not len(tried):
+        return configs, missing
+    for key, group in tried.groupby([tried[c].map(config_token) for c in cells], sort=True):
+        pool = group[np.isfinite(group[metric].astype(float))]
+        for status in (COMPLETED, PRUNED):
+            best = rank_trials(pool[pool["status"] == status], metric, mode)
+            if len(best):
+                configs.append({c: config_value(best.iloc[0][c]) for c in columns} | {"from_status": status})
+                break
+        else:
+            missing.append({c: config_value(group.iloc[0][c]) for c in cells}
+                           | {"statuses": {str(k): int(v) for k, v in group["status"].value_counts().items()}})
+    return configs, missing
 
 
 def varying_columns(rows: pd.DataFrame, columns: list[str]) -> list[str]:

@@ -13,7 +13,8 @@ import numpy as np
 from .configs import Answer
 from .words import missing, num, pval
 
-PLOTS = ("capacity_curve", "stop_epoch_heatmap", "temperature_alpha", "kd_gain_forest", "diagnostics")
+PLOTS = ("confirmed", "capacity_curve", "stop_epoch_heatmap", "temperature_alpha", "kd_gain_forest", "diagnostics")
+
 
 def _figure(n_panels: int, width: float = 5.0, height: float = 3.8):
     from matplotlib.figure import Figure
@@ -107,28 +108,112 @@ def plot_stop(stop_ans: Answer, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_ta(ta: Answer, path: Path) -> Path | None:
-    students = sorted(ta.by_student)
+# How each search trial ended, as the T x alpha scatter draws it.
+_STATUS_MARKS = {"completed": ("o", "completed"), "pruned": ("v", "pruned by ASHA"),
+                 "diverged": ("X", "diverged"), "failed": ("s", "failed")}
+
+
+def plot_ta(df, path: Path) -> Path | None:
+    """Every search trial with a teacher at its (T, alpha), coloured by its last val_acc, the marker
+    saying how it ended (pruned and diverged trials are the informative ones at the edges)."""
+    from matplotlib.ticker import NullFormatter
+
+    from .configs import no_teacher
+    from .runs import typed
+
+    d = typed(df)
+    d = d[(d["kind"] == "search") & ~no_teacher(d["teacher"]) & np.isfinite(d["temperature"])
+          & np.isfinite(d["alpha"])]
+    students = sorted(d["student"].dropna().unique())
     if not students:
         return None
-    fig, axes = _figure(len(students))
+    fig, axes = _figure(len(students), width=5.6)
     for ax, student in zip(axes, students):
-        t = ta.table[ta.table["student"] == student]
-        ts = list(dict.fromkeys(t.sort_values("T_lo")["T_bin"]))
-        al = list(dict.fromkeys(t.sort_values("alpha_lo")["alpha_bin"]))
-        grid = np.full((len(ts), len(al)), np.nan)
-        labels = np.full(grid.shape, "", dtype=object)
-        for _, r in t.iterrows():
-            i, j = ts.index(r["T_bin"]), al.index(r["alpha_bin"])
-            grid[i, j], labels[i, j] = r["mean"], f"{r['mean']:.3f}\nn={int(r['n'])}"
-        _annotated_heatmap(fig, ax, grid, labels, "magma", "mean student val acc", 7, origin="lower")
-        ax.set_xticks(range(len(al)), al, rotation=30)
-        ax.set_yticks(range(len(ts)), ts)
-        ax.set_xlabel("alpha")
-        ax.set_ylabel("temperature T")
-        scope = ta.by_student[student]["scope"]
-        ax.set_title(f"student {student} ({'sweet-spot checkpoint' if scope == 'sweet_spot' else 'all teachers'})")
+        g = d[d["student"] == student]
+        vals = g["val_acc"].to_numpy(float)
+        finite = vals[np.isfinite(vals)]
+        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        sc = None
+        for status, (mark, label) in _STATUS_MARKS.items():
+            h = g[g["status"] == status]
+            if not len(h):
+                continue
+            v = h["val_acc"].to_numpy(float)
+            sc = ax.scatter(h["temperature"], h["alpha"], c=np.where(np.isfinite(v), v, lo), cmap="viridis",
+                            vmin=lo, vmax=hi, marker=mark, s=46, edgecolors="black", linewidths=0.4,
+                            label=f"{label} ({len(h)})")
+        if sc is not None:
+            fig.colorbar(sc, ax=ax, label="student val acc (at its last epoch)")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ticks = [t for t in (1, 2, 4, 8, 16, 32) if g["temperature"].min() <= t * 1.2 and t <= g["temperature"].max() * 1.2]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("temperature T (log scale)")
+        ax.set_ylabel("alpha (weight of the KD term)")
+        ax.set_title(f"student {student}: every search trial")
+        ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
+
+
+def plot_confirmed(cells: Answer, path: Path) -> Path | None:
+    """Per student: the capacity curve (each teacher at its best confirmed stop epoch) and test acc
+    over teacher stop epochs, every point a mean over its confirmed seeds with its interval and its
+    seed count; filled points are in the sweet spot, hollow ones significantly worse."""
+    from matplotlib.ticker import NullFormatter
+
+    students = [s for s, f in sorted(cells.by_student.items()) if f.get("confirmed")]
+    if not students:
+        return None
+    fig, axes = _figure(2 * len(students), width=5.4)
+    for i, student in enumerate(students):
+        f = cells.by_student[student]
+        conf = f"{f['confidence']:.0%}"
+        a1, a2 = axes[2 * i], axes[2 * i + 1]
+        curve = f["teachers"]
+        x = np.array([np.nan if missing(t["teacher_params"]) else float(t["teacher_params"]) for t in curve])
+        if not (np.isfinite(x).all() and (x > 0).all()):
+            x = np.arange(len(curve), dtype=float)
+        else:
+            a1.set_xscale("log")
+            a1.xaxis.set_minor_formatter(NullFormatter())
+        _points(a1, x, curve)
+        a1.plot(x, [t["test_mean"] for t in curve], color="C0", lw=1, zorder=1)
+        for xi, t in zip(x, curve):
+            a1.annotate(f"{t['teacher']} @{num(t['teacher_stop_epoch'])}\nn={t['n_seeds']}", (xi, t["test_high"]),
+                        textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+        b = f["baseline"]
+        if not missing(b["test_low"]):
+            a1.axhspan(b["test_low"], b["test_high"], color="grey", alpha=0.2,
+                       label=f"CE baseline {conf} CI (n={b['n_seeds']})")
+        a1.set_xlabel("teacher parameters" + (" (log scale)" if a1.get_xscale() == "log" else ""))
+        a1.set_ylabel(f"student test acc, mean and {conf} CI")
+        a1.set_title(f"student {student}: capacity curve (confirmed)")
+        a1.margins(x=0.15, y=0.2)
+        if a1.get_legend_handles_labels()[0]:
+            a1.legend(fontsize=7, loc="lower right")
+        t = cells.table[(cells.table["student"] == student) & (cells.table["status"] == "confirmed")]
+        for j, (teacher, g) in enumerate(t.groupby("teacher", sort=False)):
+            g = g.sort_values("teacher_stop_epoch")
+            xs = g["teacher_stop_epoch"].to_numpy(float) + (j - len(t["teacher"].unique()) / 2) * 0.15
+            rows = g.to_dict("records")
+            _points(a2, xs, rows, color=f"C{j}", label=teacher)
+            a2.plot(xs, g["test_mean"], color=f"C{j}", lw=1)
+        a2.set_xticks(sorted(t["teacher_stop_epoch"].unique()), [num(v) for v in sorted(t["teacher_stop_epoch"].unique())])
+        a2.set_xlabel("teacher stop epoch")
+        a2.set_ylabel(f"student test acc, mean and {conf} CI")
+        a2.set_title(f"student {student}: stop epochs (n={f['min_seeds']}+ seeds per point)")
+        a2.legend(fontsize=7, title="teacher (hollow: worse than best)")
+    return _save(fig, path)
+
+
+def _points(ax, x, rows: list[dict], color: str = "C0", label: str | None = None) -> None:
+    """Means with interval bars; filled when in the sweet spot, hollow when significantly worse."""
+    for xi, r in zip(x, rows):
+        lo, hi = r["test_low"], r["test_high"]
+        yerr = [[r["test_mean"] - lo], [hi - r["test_mean"]]] if not missing(lo) else None
+        ax.errorbar([xi], [r["test_mean"]], yerr=yerr, fmt="o", color=color, capsize=4,
+                    mfc=color if r["in_sweet_spot"] else "white", zorder=3, label=label)
+        label = None
 
 
 def plot_forest(gain: Answer, path: Path) -> Path | None:

@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from . import sweetspot as ss
-from .plots import PLOTS, plot_capacity, plot_diag, plot_forest, plot_stop, plot_ta  # noqa: F401 (PLOTS re-exported)
-from .words import (acc, capacity_words, diag_words, gain_words, isnum, missing, num, pval, signed, stop_words,
-                    ta_words)
+from .cells import confirmed_cells
+from .plots import (PLOTS, plot_capacity, plot_confirmed, plot_diag, plot_forest, plot_stop,  # noqa: F401 (PLOTS re-exported)
+                    plot_ta)
+from .words import (acc, capacity_words, confirmed_words, diag_words, gain_words, interval, isnum, missing, num,
+                    pval, signed, stop_words, ta_words)
 
 MAX_LISTED = 50
 
@@ -162,6 +164,25 @@ def _pivot(table: pd.DataFrame, index: str, columns: str, values: str, row_order
     return out.reset_index()
 
 
+def _answer_table(t: pd.DataFrame) -> pd.DataFrame:
+    """The cells table with each interval as one "mean [low, high]" column."""
+    t = t.copy()
+    for m in ("val", "test"):
+        if f"{m}_mean" in t:
+            t[f"{m} acc [CI]"] = [interval(a, b, c) if not missing(a) else "-"
+                             for a, b, c in zip(t[f"{m}_mean"], t[f"{m}_low"], t[f"{m}_high"])]
+    if "gain_test" in t:
+        t["KD gain test [CI]"] = [f"{signed(a)} [{signed(b)}, {signed(c)}]" if not missing(a) else "-"
+                             for a, b, c in zip(t["gain_test"], t["gain_test_low"], t["gain_test_high"])]
+    cols = [c for c in ("student", "teacher", "teacher_params", "teacher_stop_epoch") if c in t]
+    cols += [c for c in t.columns if c not in cols and c not in CELL_HIDDEN and not c.startswith(("val_", "test_", "gain_",
+                                                                                               "worse_"))]
+    return t[[*cols, *(c for c in ("val acc [CI]", "test acc [CI]", "KD gain test [CI]") if c in t)]]
+
+
+CELL_HIDDEN = {"teacher_val_acc", "p_holm", "worse_by", "val acc [CI]", "test acc [CI]", "KD gain test [CI]"}
+
+
 def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95, meta: dict | None = None) -> dict:
     """Write report.md, report.html, trials.csv, summary.json and the PNG plots into `out_dir`.
 
@@ -171,6 +192,7 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     counts = ss.status_counts(df)
+    cells = confirmed_cells(df, confidence)
     spots = ss.sweet_spot(df)
     cap = ss.capacity_curve(df)
     stop_ans = ss.stop_epoch_table(df)
@@ -180,8 +202,9 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     imp = ss.param_importance(df)
 
     paths: dict[str, str] = {}
-    plotters = {"capacity_curve": (plot_capacity, cap), "stop_epoch_heatmap": (plot_stop, stop_ans),
-                "temperature_alpha": (plot_ta, ta), "kd_gain_forest": (plot_forest, gain),
+    plotters = {"confirmed": (plot_confirmed, cells), "capacity_curve": (plot_capacity, cap),
+                "stop_epoch_heatmap": (plot_stop, stop_ans), "temperature_alpha": (plot_ta, df),
+                "kd_gain_forest": (plot_forest, gain),
                 "diagnostics": (plot_diag, diag)}
     for name, (fn, ans) in plotters.items():
         p = fn(ans, out / f"{name}.png")
@@ -203,7 +226,20 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     d.p(f"{allc.get('total', 0)} trial runs: " + ", ".join(f"{allc.get(s, 0)} {s}" for s in statuses)
         + ". Only completed trials enter the comparisons below; a trial's score is its final val_acc.")
 
-    d.h(2, "Summary")
+    d.h(2, "Answer")
+    d.bullets(confirmed_words(cells.by_student))
+    if "confirmed" in paths:
+        d.img("confirmed.png", "Confirmed cells: capacity curve and stop epochs, mean and interval over seeds")
+    if len(cells.table):
+        d.p(f"Every cell: its confirmed config (the search's best in the cell, chosen on validation) over fresh "
+            f"seeds, mean and {confidence:.0%} t interval; sweet spot = not significantly worse than the best on "
+            "validation (paired t, Holm); gain = paired difference from the CE baseline with the same seeds.")
+        d.table(_answer_table(cells.table), headers={"in_sweet_spot": "sweet spot"})
+    if df.attrs.get("earlier_searches"):
+        d.p(f"This experiment holds {df.attrs['earlier_searches']} earlier search(es) under other parent runs; only "
+            "the latest search is analysed (searches are never pooled).")
+
+    d.h(2, "Search summary (search runs, not confirmed)")
     if len(spots):
         d.p("Best distilled configuration per student (chosen by val_acc; test_acc only reported):")
         other = [c for c in spots.columns if c not in ss.SWEET_SPOT_COLUMNS]  # e.g. teacher_temperature, student.lr
@@ -316,12 +352,18 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     return {"markdown": str(md), "html": str(page), "csv": str(csv), "summary": str(out / "summary.json")} | paths
 
 
-def attach_to_parent(paths, experiment: str, tracking_uri: str | None = None, artifact_path: str = "analysis"):
-    """Log the report files as artifacts of the latest parent search run, under `artifact_path`.
+def attach_to_parent(paths, experiment: str, tracking_uri: str | None = None, artifact_path: str = "analysis",
+                     metrics: dict | None = None):
+    """Log the report files as artifacts of the latest parent search run, under `artifact_path`, and
+    `metrics` (the summary's `headline`: best confirmed val/test acc, KD gain and its interval) as
+    the parent's metrics, so searches compare in the MLflow UI.
 
     `paths`: the dict `write_report` returns, or any iterable of file paths. Returns the parent's
     run id, or None when the experiment has no run tagged kdx.role=search.
     """
+    import time
+
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from .runs import default_tracking_uri, find_parent_run
@@ -334,4 +376,7 @@ def attach_to_parent(paths, experiment: str, tracking_uri: str | None = None, ar
     client = MlflowClient(tracking_uri=uri)
     for p in dict.fromkeys(files):
         client.log_artifact(parent.info.run_id, str(p), artifact_path=artifact_path)
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(parent.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
     return parent.info.run_id

@@ -6,8 +6,9 @@ a column with no list to update here when the trainable logs a new param or metr
 
 Conventions of the frame `load_trials` returns (the rest of `analysis` relies on them):
 
-- one row per run tagged `kdx.role=trial` in the experiment (deleted runs are not read), in the
-  order they were logged (start time);
+- one row per run tagged `kdx.role=trial` under the experiment's latest search (its parent run:
+  searches of one name are never pooled; `df.attrs["earlier_searches"]` counts the older ones),
+  deleted runs not read, in the order they were logged (start time);
 - the ID columns `ID_COLUMNS`: `status` is the trial's `status` tag (completed, pruned, diverged,
   failed, running); a run without that tag gets `running`/`failed` from MLflow's own run status
   when MLflow says the run is running or failed/killed, and `unknown` otherwise, so an untagged
@@ -299,9 +300,25 @@ def load_trials(experiment: str, tracking_uri: str | None = None, histories: boo
     """
     client, raw = _trial_runs(experiment, tracking_uri)
     df = _trials_frame(client, raw)
+    df, raw = _latest_search(df, raw, find_parent_run(experiment, tracking_uri))
     if histories:
         return df, _histories(client, raw, list(df["run_id"]), None)
     return df
+
+
+def _latest_search(df: pd.DataFrame, raw: pd.DataFrame, parent) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Only the trials of the latest search (its parent run): two searches of one name are never
+    pooled. `df.attrs` gets `parent_run_id`, the parent's params (`parent_params`: the teacher and
+    stop-epoch lists, the seeds, ...) and `earlier_searches`, the number of older parents left out."""
+    if parent is None:
+        return df, raw
+    keep = (df["parent_run_id"] == parent.info.run_id).to_numpy()
+    older = sorted(set(df.loc[~keep, "parent_run_id"].dropna()))
+    attrs = dict(df.attrs)
+    df, raw = df[keep].reset_index(drop=True), raw[keep].reset_index(drop=True)
+    df.attrs.update(attrs | {"parent_run_id": parent.info.run_id, "parent_params": dict(parent.data.params),
+                             "earlier_searches": len(older)})
+    return df, raw
 
 
 def _histories(client, raw: pd.DataFrame, run_ids: list[str], metrics) -> pd.DataFrame:

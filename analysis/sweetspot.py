@@ -34,7 +34,8 @@ import pandas as pd
 
 from explorer.tracking import COMPLETED, STATUSES
 
-from .configs import (Answer, as_float, at_best, baselines, best_configs, best_trial, completed, config_columns,
+from .cells import confirmed_cells, headline_metrics
+from .configs import (Answer, as_float, at_best, baselines, best_trial, cell_configs, completed, config_columns,
                       config_keys, config_token, config_value, distilled, is_baseline, other_config, plain, rank_trials,
                       students, varying_columns)
 from .gain import gain_statistics, kd_gain
@@ -42,7 +43,7 @@ from .hparams import MIN_IMPORTANCE_TRIALS, param_importance, temperature_alpha_
 from .teachers import capacity_curve, diagnostics, stop_epoch_table
 
 __all__ = [
-    "Answer", "MIN_IMPORTANCE_TRIALS", "SWEET_SPOT_COLUMNS", "baselines", "best_configs", "best_trial",
+    "Answer", "MIN_IMPORTANCE_TRIALS", "SWEET_SPOT_COLUMNS", "baselines", "best_trial", "cell_configs",
     "capacity_curve", "completed", "config_columns", "config_keys", "config_token", "config_value", "diagnostics",
     "distilled", "gain_statistics", "is_baseline", "kd_gain", "other_config", "param_importance", "plain",
     "rank_trials", "status_counts", "stop_epoch_table", "summary", "sweet_spot", "temperature_alpha_map",
@@ -106,8 +107,9 @@ def sweet_spot(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame, confidence: float = 0.95) -> dict:
-    """Plain-Python summary: trial counts, and per student the sweet spot (its other set config
-    values under `other_config`) and the KD gain."""
+    """Plain-Python summary: trial counts; per student the search's best config (its other set
+    config values under `other_config`) and KD gain; the confirmed answers (`confirmed`,
+    analysis.cells) and their `headline` numbers, which the parent MLflow run carries."""
     spots = sweet_spot(df)
     gain = kd_gain(df, confidence).by_student
     counts = status_counts(df).by_student
@@ -120,5 +122,6 @@ def summary(df: pd.DataFrame, confidence: float = 0.95) -> dict:
             "kd_gain": {m: {k: g[m][k] for k in ("diff", "ci_low", "ci_high", "confidence", "test", "p_value",
                                                   "n_kd", "n_base", "kd_mean", "base_mean", "verdict")}
                         for m in ("val_acc", "test_acc") if m in g}}))
+    cells = confirmed_cells(df, confidence)
     return {"trials": counts.get("all", {}), "trials_by_student": {k: v for k, v in counts.items() if k != "all"},
-            "students": per_student}
+            "students": per_student, "confirmed": cells.by_student, "headline": headline_metrics(cells)}

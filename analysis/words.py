@@ -190,3 +190,70 @@ def diag_words(diag: Answer) -> list[str]:
         s += f"lowest agreement with `{f['lowest_agreement_teacher']}` (largest teacher: `{f['largest_teacher']}`)."
         out.append(s)
     return out
+
+
+def interval(mean, low, high) -> str:
+    return f"{acc(mean)} [{acc(low)}, {acc(high)}]"
+
+
+def _names(items: list[str]) -> str:
+    items = [f"`{i}`" for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def confirmed_words(by_student: dict) -> list[str]:
+    """The answer in sentences that follow the intervals (analysis.cells): the sweet spot, what could
+    not be separated, what is worse and by how much, a rise or a fall of the capacity curve only
+    where a smaller or larger teacher is significantly worse, and the KD gain."""
+    out = []
+    for student, f in by_student.items():
+        if not f.get("confirmed"):
+            out.append(f"Student `{student}`: no confirmed cells yet (run `kdx confirm NAME`); every number below "
+                       "rests on search runs, mostly one seed each, chosen as the maximum of many: read them as "
+                       "leads, not answers.")
+            continue
+        pct = f"{f['confidence']:.0%}"
+        b, n = f["best"], f["n_cells"]
+        s = (f"Student `{student}`: the best cell on validation is {b['label']}: test acc "
+             f"{interval(b['test_mean'], b['test_low'], b['test_high'])} ({pct} CI, {plural(b['n_seeds'], 'seed')}). ")
+        sweet = f["sweet_spot"]
+        if n == 1:
+            s += "It is the only confirmed cell. "
+        elif len(sweet) == n:
+            s += (f"The {n} confirmed cells cannot be separated: none is significantly worse than the best on "
+                  "validation (paired t over seeds, Holm-corrected). ")
+        elif len(sweet) > 1:
+            s += f"Sweet spot (not significantly worse than the best on validation): {_names(sweet)} are indistinguishable. "
+        else:
+            s += "Every other confirmed cell is significantly worse on validation. "
+        for sep in f["separated"]:
+            s += (f"{sep['label']} is worse by {signed(sep['worse_by'])} [{signed(sep['low'])}, {signed(sep['high'])}] "
+                  f"(val, Holm p = {pval(sep['p_holm'])}). ")
+        out.append(s.strip())
+        out.append(_curve_sentence(student, f["teachers"]))
+        g = f["kd_gain"]["test_acc"]
+        base = f["baseline"]
+        out.append(f"Student `{student}`: KD gain of the best cell over the CE baseline ("
+                   f"{interval(base['test_mean'], base['test_low'], base['test_high'])}, "
+                   f"{plural(base['n_seeds'], 'seed')}): {gain_phrase('test_acc', g, short=False)}.")
+    return out
+
+
+def _curve_sentence(student: str, teachers: list[dict]) -> str:
+    if len(teachers) < 2:
+        return f"Student `{student}`: one teacher confirmed, so no capacity curve."
+    best = next(t for t in teachers if t["side"] == "best")
+    smaller = [t["teacher"] for t in teachers if t["side"] == "smaller" and not t["in_sweet_spot"]]
+    larger = [t["teacher"] for t in teachers if t["side"] == "larger" and not t["in_sweet_spot"]]
+    same = [t["teacher"] for t in teachers if t["side"] != "best" and t["in_sweet_spot"]]
+    s = f"Student `{student}`, capacity curve (each teacher at its best confirmed stop epoch): "
+    if smaller:
+        s += f"it rises from {_names(smaller)} to `{best['teacher']}`"
+        s += f", then falls to {_names(larger)}. " if larger else ". "
+    elif larger:
+        s += f"it falls from `{best['teacher']}` to {_names(larger)}. "
+    else:
+        s += "no rise or fall is supported by the intervals. "
+    if same:
+        s += f"{_names(same)} cannot be separated from `{best['teacher']}`."
+    return s.strip()

@@ -4,8 +4,8 @@ A loader returns the OFFICIAL train and test sets as normalised CPU tensors (flo
 labels); `explorer.data.load_splits` does the rest (validation split, data condition) the same way
 for every dataset, so adding one is a single decorated function here, with no list to update.
 
-* `mnist1d`: generated offline by the `mnist1d` package with its default arguments (4000 train /
-  1000 test, length 40, seed 42), cached as an .npz under `cache_dir` (written atomically).
+* `mnist1d` (`_10k`, `_20k`): generated offline by the `mnist1d` package with its default arguments
+  (5000 samples, 80/20 train/test, length 40, seed 42; 10,000 or 20,000 samples), cached as .npz.
 * `digits`: scikit-learn's bundled 8x8 digits with a FIXED stratified 20 % test split (seed 0,
   independent of split_seed), since it has no official one.
 * `cifar10` / `cifar100`: the extracted python-version archive in `data_dir`, read with a restricted
@@ -17,14 +17,12 @@ for every dataset, so adding one is a single decorated function here, with no li
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import pickle
 import random
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from torch import Tensor
 
 from .augment import AUGMENTATIONS
 from .errors import KdxError, bad_value
+from .storage import Storage
 
 if TYPE_CHECKING:  # only for annotations: explorer.data imports this module, not the reverse
     from .data import DataSpec
@@ -170,38 +169,40 @@ def _read_mnist1d_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _write_atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the .npz atomically (explorer.storage: a temporary name, then a rename)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        store = Storage(str(path.parent))
+        store.makedirs(str(path.parent))
+        store.write_atomic(str(path), buf.getvalue())
     except OSError as e:  # a read-only cache dir only costs regeneration next time
         warnings.warn(f"could not cache MNIST-1D at {str(path)!r} ({e})")
 
 
-@register_dataset("mnist1d", "MNIST-1D, generated offline (4000 train / 1000 test, length 40)", 10, (1, 40))
-def _load_mnist1d(spec: DataSpec):
-    args = _mnist1d_args()
-    key = json.dumps({"args": args, "v": MNIST1D_FILE_VERSION}, sort_keys=True)
-    path = cache_dir(spec) / f"mnist1d_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    arrays = _read_mnist1d_cache(path)
-    if arrays is None:
-        arrays = _generate_mnist1d(args)
-        _write_atomic_npz(path, arrays)
-    train_x = torch.from_numpy(arrays["x"]).to(torch.float32).unsqueeze(1)
-    test_x = torch.from_numpy(arrays["x_test"]).to(torch.float32).unsqueeze(1)
-    mean, std = train_x.mean(), train_x.std()
-    return (normalise_(train_x, mean, std), torch.from_numpy(arrays["y"]).to(torch.int64),
-            normalise_(test_x, mean, std), torch.from_numpy(arrays["y_test"]).to(torch.int64))
+def _mnist1d_loader(num_samples: int) -> Loader:
+    """A loader of MNIST-1D with `num_samples` samples (the package's 80/20 train/test split)."""
+
+    def load(spec: DataSpec):
+        args = _mnist1d_args() | {"num_samples": num_samples}
+        key = json.dumps({"args": args, "v": MNIST1D_FILE_VERSION}, sort_keys=True)
+        path = cache_dir(spec) / f"mnist1d_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+        arrays = _read_mnist1d_cache(path)
+        if arrays is None:
+            _write_atomic_npz(path, arrays := _generate_mnist1d(args))
+        train_x = torch.from_numpy(arrays["x"]).to(torch.float32).unsqueeze(1)
+        test_x = torch.from_numpy(arrays["x_test"]).to(torch.float32).unsqueeze(1)
+        mean, std = train_x.mean(), train_x.std()
+        return (normalise_(train_x, mean, std), torch.from_numpy(arrays["y"]).to(torch.int64),
+                normalise_(test_x, mean, std), torch.from_numpy(arrays["y_test"]).to(torch.int64))
+    return load
+
+
+# The package's default size, and larger draws from the same generator (benchmarks/default_study.py).
+for _name, _n in (("mnist1d", 5000), ("mnist1d_10k", 10000), ("mnist1d_20k", 20000)):
+    register_dataset(_name, f"MNIST-1D, generated offline ({_n * 4 // 5} train / {_n // 5} test, length 40)",
+                     10, (1, 40))(_mnist1d_loader(_n))
+
 
 # ----------------------------------------------------------------------------- digits
 DIGITS_TEST_FRACTION = 0.2

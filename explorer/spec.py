@@ -29,6 +29,7 @@ from .data import DatasetSection, DataSpec
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
+from .spec_sections import CELL_LISTS, ConfirmSection, ResourcesSection, SearchSection
 from .teachers import parse_teacher, teacher_chains, teacher_kind
 
 # The distill keys: the method and every hyperparameter any registered method declares.
@@ -135,33 +136,6 @@ DistillSection = create_model(
 )
 
 
-class AshaSection(Strict):
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3, gt=1)
-
-
-class SearchSection(Strict):
-    algorithm: Literal["optuna", "random", "grid"] = "optuna"
-    num_samples: int = Field(16, ge=1)
-    max_concurrent: int = Field(2, ge=1)
-    metric: Literal["val_acc", "val_loss"] = "val_acc"
-    mode: Literal["max", "min"] = "max"
-    seed: Seed = 0
-    points_to_evaluate: list[dict] = []
-    asha: AshaSection | None = AshaSection()
-
-
-class Resources(Strict):
-    cpus: float = Field(1, gt=0)
-    gpus: float = Field(0, ge=0)
-
-
-class ResourcesSection(Strict):
-    trial: Resources = Resources()
-    teacher: Resources = Resources()
-    retries: int = Field(2, ge=0)
-
-
 class SearchSpec(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     dataset: DatasetSection = DatasetSection()
@@ -172,6 +146,7 @@ class SearchSpec(Strict):
     baseline: bool = True
     search: SearchSection = SearchSection()
     resources: ResourcesSection = ResourcesSection()
+    confirm: ConfirmSection = ConfirmSection()
 
     # student and teacher-recipe fields given as axes ({"student.lr": Axis}); the sections hold
     # their first value
@@ -228,8 +203,14 @@ class SearchSpec(Strict):
                                f"({', '.join(others)}), and distill.method is {', '.join(m.name for m in methods)}.")
         self.teachers.distill_method()
         students = self.student_archs()
+        teacher_archs = [chain[0][0] for entry in self.teachers.entries()  # each member's used (first) link
+                         for chain in parse_teacher(entry, self.teachers.seed)]
         for method in axes["method"].values():
             m = get_method(method)
+            for arch in dict.fromkeys(students + (teacher_archs if m.needs_teacher else [])):
+                problem = m.arch_problem(arch)
+                if problem:
+                    raise KdxError(f"distill.method: got {method!r}; {problem}.")
             if not m.needs_teacher:
                 continue
             for entry in self.teachers.entries():
@@ -248,7 +229,31 @@ class SearchSpec(Strict):
         if len(set(self.seeds)) != len(self.seeds):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
         check_points(self.search.points_to_evaluate, self.searched_axes(), self.search.algorithm)
+        self._check_confirm()
         return self
+
+    def _check_confirm(self) -> None:
+        c = self.confirm
+        if len(set(c.seeds)) != len(c.seeds):
+            raise KdxError(f"confirm.seeds: got {c.seeds}; allowed: distinct seeds.")
+        reused = sorted(set(c.seeds) & set(self.seeds))
+        if reused:
+            raise KdxError(f"confirm.seeds: got {c.seeds}; allowed: seeds the search does not use (it uses "
+                           f"{self.seeds}), so that no seed is counted twice ({reused[0]} is in both).")
+        allowed = [*CELL_LISTS, *(k for k, a in self.searched_axes().items()
+                                  if a.kind in ("choice", "grid") and k not in CELL_LISTS and k != "seed")]
+        for name in c.cells:
+            if name not in allowed:
+                raise KdxError(f"confirm.cells: got {name!r}; allowed: {', '.join(allowed)} (the teacher lists and "
+                               "the searched choice or grid axes).")
+        if len(set(c.cells)) != len(c.cells):
+            raise KdxError(f"confirm.cells: got {c.cells}; allowed: distinct names.")
+
+    def cell_params(self) -> list[str]:
+        """The params that key a confirmation cell: `confirm.cells`, plus the student architecture when
+        it is searched (every student gets its own cells)."""
+        student = ["student"] if "student" in self.searched_axes() else []
+        return student + [c for c in self.confirm.cells if c != "student"]
 
     # ----------------------------------------------------------- planning helpers
     def data_spec(self) -> DataSpec:

@@ -14,8 +14,6 @@ from explorer.spec import parse_spec
 
 def _confirm_args(p):
     p.add_argument("name", metavar="NAME", help="the search's name (its MLflow experiment)")
-    p.add_argument("--top", type=int, default=3, help="how many of the best configurations to re-run (default 3)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration and baseline (default 5)")
     p.add_argument("--address", default=None, help="join a running Ray cluster")
     p.add_argument("--storage", default=None, help="Ray results and teacher store: a shared path or URI")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under ./kdx_runs)")
@@ -23,18 +21,15 @@ def _confirm_args(p):
     p.add_argument("--json", action="store_true", help="last line: the outcome as one JSON object")
 
 
-@command("confirm", "re-run the best configurations and the CE baseline over several seeds", _confirm_args)
+@command("confirm", "re-run every cell's best config and the CE baseline with the spec's fresh seeds", _confirm_args)
 def cmd_confirm(args):
     from mlflow.tracking import MlflowClient
 
     from analysis.runs import find_parent_run, load_trials
-    from analysis.sweetspot import best_configs
+    from analysis.configs import cell_configs
     from trainables.confirm import run_confirm
     from trainables.search import check_tracking, locations
 
-    for flag, v, low in (("--top", args.top, 1), ("--seeds", args.seeds, 2)):
-        if v < low:
-            raise KdxError(f"{flag}: got {v}; allowed: a whole number >= {low}.")
     loc = locations(args.storage, args.tracking_uri)
     check_tracking(loc.tracking_uri)
     parent = find_parent_run(args.name, loc.tracking_uri)
@@ -46,10 +41,15 @@ def cmd_confirm(args):
     with open(path) as f:
         text = f.read()
     spec = parse_spec(yaml.safe_load(text))
-    configs = best_configs(load_trials(args.name, loc.tracking_uri), args.top, spec.search.metric, spec.search.mode)
+    configs, missing = cell_configs(load_trials(args.name, loc.tracking_uri), spec.cell_params(),
+                                    spec.search.metric, spec.search.mode)
     if not configs:
         raise KdxError(f"NAME: got {args.name!r}; the search has no completed distilled trials to confirm yet.")
-    outcome = run_confirm(spec, text, configs, list(range(args.seeds)), args.top, loc, address=args.address,
+    for cell in missing:
+        statuses = cell.pop("statuses")
+        print("  not confirmed (no completed search trial): " + ", ".join(f"{k}={v}" for k, v in cell.items())
+              + " (" + ", ".join(f"{n} {s}" for s, n in statuses.items()) + ")")
+    outcome = run_confirm(spec, text, configs, spec.confirm.seeds, loc, address=args.address,
                           max_concurrent=args.max_concurrent)
     if args.json:
         print_json(vars(outcome))

@@ -585,34 +585,42 @@ def test_runs_differing_in_one_logged_value_are_not_pooled(truth):
     assert students[S3]["n_seeds"] == 2 and students[S3]["other_config"] == {}
 
 
-def test_best_configs_keeps_configs_apart_by_every_logged_value(truth):
-    from analysis import best_configs, config_columns
+def test_cell_configs_keep_configs_apart_by_every_logged_value(truth):
+    from analysis import cell_configs, config_columns
 
-    configs = best_configs(truth, top=10)
-    assert len(configs) == len(TT_VAL) + len(LR_VAL) + 1                                  # S3's two seeds: one config
-    assert [c["teacher_temperature"] for c in configs[:2]] == [2, 3]                      # by val_acc, best first
-    assert [c["student.lr"] for c in configs[2:4]] == [0.1, 0.05]
-    assert configs[4]["student"] == S3 and configs[4][NEW_AXIS] == pytest.approx(.99)
+    cells = ["student", "teacher_temperature", "student.lr", NEW_AXIS]  # one cell per distinct config here
+    configs, missing = cell_configs(truth, cells)
+    assert missing == [] and len(configs) == len(TT_VAL) + len(LR_VAL) + 1               # S3's two seeds: one config
     for c in configs:
-        assert list(c) == config_columns(truth)                                          # no seed, no derived params
-    first = configs[0]
+        assert list(c) == config_columns(truth) + ["from_status"]                        # no seed, no derived params
+        assert c["from_status"] == "completed"
+    assert sorted(c["teacher_temperature"] for c in configs if c["student"] == S1) == sorted(TT_VAL)
+    assert sorted(c["student.lr"] for c in configs if c["student"] == S2) == sorted(LR_VAL)
+    (s3,) = [c for c in configs if c["student"] == S3]
+    assert s3[NEW_AXIS] == pytest.approx(.99) and s3["teacher"] == "t2"
+    first = next(c for c in configs if c["teacher_temperature"] == 2)
     assert {k: first[k] for k in ("dataset", "student", "teacher", "teacher_stop_epoch", "method", "temperature",
                                   "alpha", "kd_stop_epoch", "epochs", "epsilon", NEW_AXIS)} == {
         "dataset": "mnist1d", "student": S1, "teacher": "t3", "teacher_stop_epoch": 20, "method": "kd",
         "temperature": 4, "alpha": .9, "kd_stop_epoch": None, "epochs": EPOCHS, "epsilon": None, NEW_AXIS: None}
     assert type(first["teacher_stop_epoch"]) is int and first["student.schedule"] == "cosine"
-    assert best_configs(truth, top=2) == configs[:2]
-    assert best_configs(truth, top=1, mode="min")[0]["student"] == S3
+    # per student only: each student's best config, by val_acc (or the lowest, with mode "min")
+    best, _ = cell_configs(truth, ["student"])
+    assert {c["student"]: c["teacher_temperature"] for c in best}[S1] == 2
+    assert {c["student"]: c["student.lr"] for c in best}[S2] == 0.1
+    worst, _ = cell_configs(truth, ["student"], mode="min")
+    assert {c["student"]: c["student.lr"] for c in worst}[S2] == 0.05
 
 
 def test_a_frame_read_back_from_csv_keys_configs_the_same(truth, tmp_path):
-    from analysis import best_configs, completed, config_columns
+    from analysis import cell_configs, completed, config_columns
 
     truth.to_csv(tmp_path / "trials.csv", index=False)
     back = pd.read_csv(tmp_path / "trials.csv")
     assert config_columns(back) == config_columns(truth)
     assert completed(back)["config"].tolist() == completed(truth)["config"].tolist()
-    assert [c["student"] for c in best_configs(back, 10)] == [c["student"] for c in best_configs(truth, 10)]
+    assert ([c["student"] for c in cell_configs(back, ["student", "student.lr"])[0]]
+            == [c["student"] for c in cell_configs(truth, ["student", "student.lr"])[0]])
 
 
 def test_best_trial_ties_go_to_the_first_logged():
@@ -651,7 +659,7 @@ def test_write_report_and_attach(store, df, tmp_path):
     for key in ("capacity_curve", "stop_epoch_heatmap", "temperature_alpha", "kd_gain_forest", "diagnostics"):
         assert Path(paths[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = Path(paths["markdown"]).read_text()
-    for heading in ("## Summary", "## 1. Trials by status", "## 2. Capacity gap", "## 3. Teacher stop epoch",
+    for heading in ("## Answer", "## Search summary (search runs, not confirmed)", "## 1. Trials by status", "## 2. Capacity gap", "## 3. Teacher stop epoch",
                     "## 4. Temperature and alpha", "## 5. KD gain", "## 6. Diagnostics", "## 7. Parameter importance",
                     "## 8. Method notes"):
         assert heading in md
@@ -660,7 +668,7 @@ def test_write_report_and_attach(store, df, tmp_path):
     page = Path(paths["html"]).read_text()
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http" not in page
     assert_balanced_html(page)
-    for heading in ("Summary", "1. Trials by status", "5. KD gain over the CE-only baseline"):
+    for heading in ("Answer", "Search summary (search runs, not confirmed)", "1. Trials by status", "5. KD gain over the CE-only baseline"):
         assert f">{heading}</h2>" in page
     for name in ("capacity_curve.png", "stop_epoch_heatmap.png", "temperature_alpha.png", "kd_gain_forest.png"):
         assert f'src="{name}"' in page

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.runs import param_values
-from analysis.sweetspot import best_configs
+from analysis.configs import cell_configs
 from explorer.spec import parse_spec
 from explorer.tracking import TRIAL_PARAMS
 from trainables.confirm import confirm_points
@@ -50,16 +50,19 @@ def test_confirm_reruns_every_searched_value(plan):
               {"teacher_temperature": 3.1, "student": "cnn1d_w8", "student.lr": 0.03, "seed": 0},
               {"teacher_temperature": 3.1, "student": "cnn1d_w4", "student.lr": 0.15, "seed": 1}]
     df = logged_frame(plan, points, [0.61, 0.70, 0.65])
-    configs = best_configs(df, 2, "val_acc", "max")
-    assert [c["teacher_temperature"] for c in configs] == [3.1, 3.1]  # distinct configs, best first
+    assert spec.cell_params() == ["student", "teacher", "teacher_stop_epoch"]  # every student has its own cells
+    configs, missing = cell_configs(df, spec.cell_params(), "val_acc", "max")
+    # each student's best (cnn1d_w4 first): w8's 0.70 run beats its 0.61 one at another teacher_temperature
+    assert [(c["student"], c["teacher_temperature"]) for c in configs] == [("cnn1d_w4", 3.1), ("cnn1d_w8", 3.1)]
+    assert missing == []
     out = confirm_points(spec, configs, [0, 1])
     kd = [p for p in out if p.get("method") != "ce"]
     assert len(kd) == 4 and {p["seed"] for p in kd} == {0, 1}
-    settings = plan.settings(kd[0])
+    settings = plan.settings(kd[2])
     # re-run at the searched values, not at the method's default (none) or the spec's first value
     assert settings["teacher_temperature"] == 3.1 and settings["method_params"]["teacher_temperature"] == 3.1
     assert settings["student"] == "cnn1d_w8" and math.isclose(settings["train"].lr, 0.03)
-    second = plan.settings(kd[2])
+    second = plan.settings(kd[0])
     assert second["student"] == "cnn1d_w4" and math.isclose(second["train"].lr, 0.15)
     # one CE baseline per seed for each config's own student values
     base = [p for p in out if p.get("method") == "ce"]

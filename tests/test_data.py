@@ -28,7 +28,7 @@ def _rows_as_set(x: torch.Tensor) -> set:
 
 # ----------------------------------------------------------------------------- registry / spec
 def test_registry_and_names():
-    assert dataset_names() == sorted(["mnist1d", "digits", "cifar10", "cifar100", "fake"])
+    assert dataset_names() == sorted(["mnist1d", "mnist1d_10k", "mnist1d_20k", "digits", "cifar10", "cifar100", "fake"])
     for name, info in DATASETS.items():
         assert info.name == name
         assert info.augment in ("none", "crop_flip")
@@ -501,3 +501,13 @@ def test_augment_bad_input():
         augment_batch(torch.zeros(2, 1, 4, 4), _gen("cpu", 0), padding=4)
     with pytest.raises(KdxError):
         augment_batch(torch.zeros(2, 40), _gen("cpu", 0))
+
+
+def test_larger_mnist1d_draws_come_from_the_same_generator(tmp_path):
+    """`mnist1d_10k` is the package's generator with 10,000 samples: the same 80/20 split and length."""
+    big = DATASETS["mnist1d_10k"].loader(DataSpec(dataset="mnist1d_10k", data_dir=str(tmp_path)))
+    small = DATASETS["mnist1d"].loader(DataSpec(dataset="mnist1d", data_dir=str(tmp_path)))
+    assert [t.shape[0] for t in big] == [8000, 8000, 2000, 2000]
+    assert [t.shape[0] for t in small] == [4000, 4000, 1000, 1000]
+    assert big[0].shape[1:] == small[0].shape[1:] == (1, 40)
+    assert len(list(tmp_path.glob("mnist1d_*.npz"))) == 2  # each size cached under its own key

@@ -47,17 +47,18 @@ BAD = [
     ("teachers.stop_epochs", [10, 40], ["teachers", "40", "1..30"]),
     ("teachers.stop_epochs", [], ["stop_epochs", "empty"]),
     ("teachers.archs", [], ["teachers.archs"]),
-    ("teachers.archs", ["cnn1d_w8", "wrn_17_2"], ["teachers.archs", "wrn_17_2"]),
+    ("teachers.archs", ["cnn1dbn_w16", "wrn_17_2"], ["teachers.archs", "wrn_17_2"]),
+    ("confirm.seeds", [0, 1001], ["confirm.seeds", "counted twice"]),
     ("dataset.name", "imagenet", ["dataset.name", "imagenet", "mnist1d"]),
     ("dataset.label_noise", 1.0, ["dataset.label_noise", "1.0"]),
     ("search.algorithm", "bayes", ["search.algorithm", "bayes"]),
     ("search.asha.grace_period", 50, ["grace_period", "50"]),
-    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 0.9, "teacher": "cnn1d_w8", "teacher_stop_epoch": 30,
-                                    "seed": 0, "alhpa": 0.5}], ["points_to_evaluate[0].alhpa", "alpha"]),
-    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 1.5, "teacher": "cnn1d_w8", "teacher_stop_epoch": 30,
-                                    "seed": 0}], ["points_to_evaluate[0].alpha", "1.5", "[0.1, 1.0]"]),
+    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 0.9, "teacher": "cnn1dbn_w16", "teacher_stop_epoch": 30,
+                                    "alhpa": 0.5}], ["points_to_evaluate[0].alhpa", "alpha"]),
+    ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 1.5, "teacher": "cnn1dbn_w16", "teacher_stop_epoch": 30,
+                                    }], ["points_to_evaluate[0].alpha", "1.5", "[0.1, 1.0]"]),
     ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 0.9, "teacher": "wrn_16_2", "teacher_stop_epoch": 30,
-                                    "seed": 0}], ["points_to_evaluate[0].teacher", "wrn_16_2"]),
+                                    }], ["points_to_evaluate[0].teacher", "wrn_16_2"]),
     ("search.points_to_evaluate", [{"temperature": 4.0, "alpha": 0.9}], ["points_to_evaluate[0]", "missing"]),
     ("teachers.recipe.lr", {"uniform": [0.01, 0.1]}, ["teachers.recipe.lr", "choice or a grid"]),
     ("teachers.recipe.lr", {"choice": [0.1, -1]}, ["teachers.recipe.lr", "-1"]),
@@ -84,8 +85,11 @@ def test_quickstart_is_valid_and_searches_the_papers_axes():
     spec, text = load_spec(ROOT / "searches" / "quickstart.yaml")
     assert spec.name == "quickstart" and "temperature" in text
     axes = spec.searched_axes()
-    assert {"temperature", "alpha", "teacher", "teacher_stop_epoch", "seed"} <= set(axes)
-    assert len(spec.teachers.archs) >= 4 and len(spec.teachers.stops()) >= 3 and len(spec.seeds) >= 2
+    assert {"temperature", "alpha", "teacher", "teacher_stop_epoch"} <= set(axes)
+    assert len(spec.teachers.archs) >= 4 and len(spec.teachers.stops()) >= 2
+    # the answer comes from the confirmation stage: 5 fresh seeds per teacher x stop cell
+    assert len(spec.confirm.seeds) >= 5 and not set(spec.confirm.seeds) & set(spec.seeds)
+    assert spec.cell_params() == ["teacher", "teacher_stop_epoch"]
     assert len(spec.teacher_configs()) == len(spec.teachers.archs) * len(spec.teachers.stops())
 
 
@@ -104,7 +108,7 @@ def test_grid_algorithm_makes_lists_grid_axes():
     spec["distill"] = {"temperature": {"grid": [1, 4]}, "alpha": 0.5}
     s = parse_spec(spec)
     assert {k: a.kind for k, a in s.searched_axes().items()} == {
-        "temperature": "grid", "teacher": "grid", "teacher_stop_epoch": "grid", "seed": "grid"}
+        "temperature": "grid", "teacher": "grid", "teacher_stop_epoch": "grid"}
 
 
 def test_cli_validate(tmp_path, capsys):

@@ -1,6 +1,7 @@
-"""Confirmation runs: the best configurations of a search re-run over several seeds, with the CE
-baseline, as fresh unpruned trials through the same Ray machinery (`kdx confirm`, kdx/confirm.py,
-chooses the configurations from MLflow with the analysis; this module only plans and runs them).
+"""Confirmation runs: the best configuration of every cell of a search re-run with fresh seeds, with
+the CE baseline trained with the same seeds, as unpruned trials through the same Ray machinery
+(`kdx confirm`, kdx/confirm.py, chooses the configurations from MLflow with the analysis; this
+module only plans and runs them).
 
 A configuration is keyed by every searched value (the spec's `searched_axes`, by param name), so a
 searched `teacher_temperature`, `epsilon`, `student.lr` or `student` architecture is re-run at the
@@ -8,6 +9,9 @@ value the search found, not at a default.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 from explorer.spec import SearchSpec
 from explorer.tracking import KIND_CONFIRM, NO_TEACHER
@@ -32,15 +36,18 @@ def confirm_points(spec: SearchSpec, configs: list[dict], seeds: list[int]) -> l
     return points
 
 
-def run_confirm(spec: SearchSpec, spec_text: str, configs: list[dict], seeds: list[int], top: int,
-                loc: Locations, *, address: str | None = None, max_concurrent: int | None = None, out=print):
-    """Run the confirmation trials of `configs` under the search's parent run."""
+def run_confirm(spec: SearchSpec, spec_text: str, configs: list[dict], seeds: list[int], loc: Locations, *,
+                address: str | None = None, max_concurrent: int | None = None, out=print):
+    """Run the confirmation trials of `configs` under the search's parent run. The Ray experiment is
+    named by its points: running the same confirmation again continues it (finished trials are
+    not rerun); a different choice of configs (the search went on) is a new experiment."""
     points = confirm_points(spec, configs, seeds)
     plan = make_plan(spec, loc.store_root)
-    out(f"confirm {spec.name!r}: {len(configs)} config(s) + the CE baseline x {len(seeds)} seeds = {len(points)} trials")
+    out(f"confirm {spec.name!r}: {len(configs)} cell(s) + the CE baseline x {len(seeds)} fresh seeds = "
+        f"{len(points)} trials")
     for cfg in configs:
         out("  " + ", ".join(f"{k}={cfg[k]}" for k in spec.searched_axes() if k in cfg and k != "seed"))
-    setup = points_setup(KIND_CONFIRM, f"{spec.name}__confirm_top{top}_s{len(seeds)}", points)
-    # resume=True: running the same confirmation again restores it (finished trials are not rerun).
+    digest = hashlib.sha256(json.dumps(points, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    setup = points_setup(KIND_CONFIRM, f"{spec.name}__confirm_{digest}", points)
     return run_experiments(spec, spec_text, plan, loc, [setup], address=address, resume=True,
                            max_concurrent=max_concurrent, out=out, what="confirmation of")
