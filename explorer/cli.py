@@ -26,15 +26,19 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
+    epilog: str | None = None  # shown after the flags in `kdx NAME --help` (exit statuses, ...)
+    check: Callable[[argparse.Namespace], None] | None = None  # cheap flag checks, run before FLAG_CHECKS
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
-    """Register `fn(args)` as the `kdx NAME` subcommand."""
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+            epilog: str | None = None, check: Callable[[argparse.Namespace], None] | None = None):
+    """Register `fn(args)` as the `kdx NAME` subcommand; `check(args)`, if given, refuses bad flag
+    values (KdxError) before the flags that reach outside are checked (FLAG_CHECKS)."""
     def wrap(fn):
-        COMMANDS[name] = Command(name, help, add_arguments, fn)
+        COMMANDS[name] = Command(name, help, add_arguments, fn, epilog, check)
         return fn
     return wrap
 
@@ -98,6 +102,48 @@ def data_spec_from_args(args: argparse.Namespace):
     return parse_dataset({"name": args.dataset} | fields)
 
 
+TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+TRACKING_FORMS = ("allowed: a directory path, file:///PATH, sqlite:///PATH, a database URI "
+                  "(postgresql://, mysql://, mssql://), http(s)://HOST:PORT of an MLflow server, or databricks")
+
+
+def check_tracking_uri(uri: str, flag: str = "--tracking-uri", timeout_s: float = 5.0) -> str:
+    """A tracking URI checked before anything is started, in one sentence naming `flag`: a known form,
+    a SQLite file whose directory can be made, a server that answers `/health` within `timeout_s`.
+    Returns the URI. Light (no MLflow import), so commands call it before their heavy imports."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if not uri.strip() or ("://" in uri and scheme not in TRACKING_SCHEMES) or uri.startswith("sqlite:") and \
+            not uri.startswith("sqlite:///"):
+        raise bad_value(flag, uri, TRACKING_FORMS)
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise KdxError(f"{flag}: got {uri!r}; no MLflow tracking server answered there within "
+                           f"{timeout_s:.0f} s ({reason}); start one (mlflow server --host 127.0.0.1 --port 5000) "
+                           "or leave the flag out to use the local SQLite store.") from None
+    elif scheme in ("sqlite", "file", ""):
+        path = uri[len("sqlite:///"):] if scheme == "sqlite" else uri[len("file://"):] if scheme else uri
+        where = os.path.dirname(os.path.abspath(os.path.expanduser(path))) if scheme == "sqlite" else path
+        try:
+            os.makedirs(os.path.abspath(os.path.expanduser(where)), exist_ok=True)
+        except OSError as e:
+            raise bad_value(flag, uri, f"its directory cannot be created ({e.strerror or e}); allowed: a "
+                            "location this user can write") from None
+    return uri
+
+
+# Flags that reach outside (a cluster, a tracking store) are checked the same way for every command that
+# has them, before the command runs: argparse dest -> check(value) returning the value to use, raising
+# KdxError. The `kdx` package adds the cluster-address check (trainables), explorer knows no cluster.
+FLAG_CHECKS: dict[str, Callable[[str], object]] = {"tracking_uri": check_tracking_uri}
+
+
 def print_json(obj) -> None:
     """One JSON object on one line; NaN/inf become null so every JSON parser reads it."""
     def clean(v):
@@ -156,11 +202,11 @@ def cmd_datasets(args):
                   f"augment={r['augment']:<9} {r['description']}")
 
 
-def add_recipe_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+def add_recipe_arguments(p: argparse.ArgumentParser, prefix: str = "", overrides: dict | None = None) -> None:
     """Optimiser/schedule flags from `Recipe`'s fields; `prefix` = 'teacher-' gives the teacher's own."""
     from .config import Recipe
 
-    add_model_arguments(p.add_argument_group(f"{prefix or 'student '}recipe"), Recipe, prefix)
+    add_model_arguments(p.add_argument_group(f"{prefix or 'student '}recipe"), Recipe, prefix, overrides=overrides)
 
 
 def recipe_from_args(args, prefix: str, arch: str, seed: int, method: str = "ce", method_params=None):
@@ -180,150 +226,6 @@ def add_hparam_arguments(p: argparse.ArgumentParser) -> None:
         defaults = ", ".join(f"{m.name} {h.default}" for m, h in decls)
         g.add_argument(f"--{name.replace('_', '-')}", type=int if decls[0][1].integer else float, default=None,
                        help=f"{decls[0][1].help} (defaults: {defaults})")
-
-
-def _train_args(p):
-    add_data_arguments(p)
-    p.add_argument("--student", required=True, help="student architecture (see `kdx models`)")
-    p.add_argument("--teacher", default=None,
-                   help="teacher: an architecture, 'a<b' (a distilled from b; takd), 'a^g' (born-again generation "
-                        "g), 'a:sN' (seed N), 'a+b' or 'a,b' (an ensemble; mkd); trained first (or reused)")
-    p.add_argument("--method", default=None, help="distillation method (default: kd with a teacher, else ce)")
-    add_hparam_arguments(p)
-    p.add_argument("--chain-method", default="kd",
-                   help="how links of a teacher chain ('a<b', 'a^g') are distilled (default kd at its defaults)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baseline", action="store_true", help="also train the CE-only student (same seed)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object with the final metrics")
-    add_recipe_arguments(p)
-    add_recipe_arguments(p, "teacher-")
-    p.add_argument("--store", default=None,
-                   help="teacher store: a path or a URI pyarrow understands (default ./kdx_runs/teachers)")
-    p.add_argument("--teacher-stop-epoch", type=int, default=None,
-                   help="use the teacher's checkpoint at this epoch (default: its last epoch, --teacher-epochs)")
-
-
-def _progress(label: str):
-    def show(epoch, m, trainer):
-        extra = f" kd_agree {m['kd_agreement']:.3f}" if "kd_agreement" in m else ""
-        print(f"[{label}] epoch {epoch:>3}/{trainer.cfg.epochs} loss {m['train_loss']:.4f} "
-              f"val_acc {m['val_acc']:.4f} test_acc {m['test_acc']:.4f}{extra} "
-              f"({m['samples_per_second']:,.0f} samples/s)", flush=True)
-    return show
-
-
-def obtain_teacher(args, spec, splits, device):
-    """The teacher(s) for `kdx train`, from the teacher store: reused when there, else built (or
-    extended to `--teacher-stop-epoch`) once and kept. `--teacher` takes the spec's teacher syntax
-    (explorer/teachers.py; ',' also joins an ensemble). Links below the teacher used are distilled
-    with `--chain-method` at its defaults and used at their final epoch.
-    Returns (model or list of models, metrics at the stop epoch, teacher kind)."""
-    from types import SimpleNamespace
-
-    from .config import Recipe
-    from .methods import get_method
-    from .store import TeacherStore, default_store_root
-    from .teachers import parse_teacher, teacher_chains, teacher_kind
-    from .train import default_device
-
-    entry = args.teacher.replace(",", "+")
-    recipe = Recipe(**{f: getattr(args, "teacher_" + f) for f in Recipe.model_fields})
-    stop = recipe.epochs if args.teacher_stop_epoch is None else args.teacher_stop_epoch
-    if isinstance(stop, bool) or not isinstance(stop, int) or not 1 <= stop <= recipe.epochs:
-        raise bad_value("--teacher-stop-epoch", stop, f"allowed: a whole number from 1 to {recipe.epochs} "
-                        f"(--teacher-epochs)")
-    chain_method = get_method(args.chain_method)
-    if not chain_method.needs_teacher or "plain" not in chain_method.teacher_kinds:
-        raise bad_value("--chain-method", args.chain_method, "allowed: a method that distils from one teacher "
-                        "(kd, ckm, wsl)")
-    store = TeacherStore(args.store or default_store_root())
-    models, infos = [], []
-    for links in teacher_chains(entry, spec, recipe, args.seed, stop, (args.chain_method, {}), field="--teacher"):
-        for link in links:
-            show = _progress(f"teacher {link.arch}" + (f" <{link.recipe.parent_key[:8]}" if link.recipe.parent_key else ""))
-            view = SimpleNamespace(cfg=link.recipe.train)  # what _progress reads from a trainer
-            record, built = store.ensure(link.recipe, [link.epoch], device=device, splits=splits,
-                                         on_epoch=lambda e, m, show=show, v=view: show(e, m, v))
-            how = "built and kept" if built else "reused"
-            print(f"teacher {record.label} [{record.key}] epoch {link.epoch}: {how} in {store.root}", flush=True)
-        model, info = store.load_model(links[-1].key, stop, device=device or default_device())
-        models.append(model)
-        infos.append(info)
-    kind = teacher_kind(parse_teacher(entry, args.seed, field="--teacher"))
-    if len(models) == 1:
-        info = infos[0]
-        return models[0], {"val_acc": info["val_acc"], "test_acc": info["test_acc"], "epoch": stop,
-                           "key": info["key"]}, kind
-    return models, {"val_acc": None, "test_acc": None, "epoch": stop,
-                    "key": ",".join(i["key"] for i in infos)}, kind
-
-
-@command("train", "train one student (and its teacher, if named)", _train_args)
-def cmd_train(args):
-    from .data import load_splits
-    from .methods import get_method, hparam_names
-    from .train import Trainer, evaluate
-
-    method = args.method or ("kd" if args.teacher else "ce")
-    m = get_method(method)
-    given = {k: getattr(args, k) for k in hparam_names() if getattr(args, k) is not None}
-    known = {h.name for h in m.hparams}
-    unused = sorted(set(given) - known)
-    if unused:
-        raise bad_value(f"--{unused[0].replace('_', '-')}", given[unused[0]],
-                        f"method {method!r} takes: {', '.join(sorted(known)) or 'no hyperparameters'}")
-    student_cfg = recipe_from_args(args, "", args.student, args.seed, method, given)
-    if m.needs_teacher and not args.teacher and m.same_arch_teacher:
-        args.teacher = args.student  # tf_kd_self: the student's own architecture, trained with CE first
-    if m.needs_teacher and not args.teacher:
-        raise bad_value("--teacher", None, f"method {method!r} needs a teacher; name one with --teacher")
-    if args.teacher and m.needs_teacher:
-        from .teachers import parse_teacher, teacher_kind
-
-        members = parse_teacher(args.teacher.replace(",", "+"), args.seed, field="--teacher")
-        problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == args.student)
-        if problem:
-            raise bad_value("--teacher", args.teacher, problem)
-        for chain in members:
-            for arch, seed in chain:
-                recipe_from_args(args, "teacher_", arch, seed).validate()
-    elif args.teacher:
-        raise bad_value("--teacher", args.teacher, f"method {method!r} takes no teacher")
-    student_cfg.validate()  # all checks before any compute
-    spec = data_spec_from_args(args)
-    splits = load_splits(spec)
-    result = {"dataset": args.dataset, "student": args.student, "method": method, "seed": args.seed}
-    teacher = None
-    if args.teacher:
-        teacher, t_final, kind = obtain_teacher(args, spec, splits, args.device)
-        result |= {"teacher": args.teacher, "teacher_kind": kind, "teacher_key": t_final["key"]}
-        if t_final["val_acc"] is None:  # an ensemble: evaluate it as one
-            from .train import TeacherEnsemble
-
-            ens = TeacherEnsemble(teacher)
-            s = splits
-            t_final["val_acc"] = evaluate(ens, s.val_x, s.val_y)[0]
-            t_final["test_acc"] = evaluate(ens, s.test_x, s.test_y)[0]
-        result |= {"teacher_val_acc": t_final["val_acc"], "teacher_test_acc": t_final["test_acc"]}
-    trainer = Trainer(student_cfg, splits, args.device, teacher=teacher)
-    result |= {"method_params": trainer.hp}
-    trainer.run(_progress(f"student {args.student} {method}"))
-    result |= trainer.history[-1]
-    if args.baseline:
-        base_cfg = recipe_from_args(args, "", args.student, args.seed)
-        base = Trainer(base_cfg, splits, args.device)
-        base.run(_progress(f"student {args.student} ce"))
-        result |= {"baseline_val_acc": base.history[-1]["val_acc"], "baseline_test_acc": base.history[-1]["test_acc"]}
-    summary = [f"student {args.student} ({method}): val {result['val_acc']:.4f} test {result['test_acc']:.4f}"]
-    if args.teacher:
-        summary.insert(0, f"teacher {args.teacher}: val {result['teacher_val_acc']:.4f} test {result['teacher_test_acc']:.4f}")
-    if args.baseline:
-        summary.append(f"student {args.student} (ce only): val {result['baseline_val_acc']:.4f} "
-                       f"test {result['baseline_test_acc']:.4f}")
-    print("\n".join(summary), flush=True)
-    if args.json:
-        print_json(result)
 
 
 def _methods_args(p):
@@ -357,8 +259,9 @@ def cmd_methods(args):
 # ------------------------------------------------------------------ the parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every registered command (`kdx/cli.py` registers the other layers' first)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every registered command (`kdx/cli.py` registers the other layers' first), or of
+    the command `only` (its flags alone are built: a flag error never waits for other commands' imports)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="kdx", description="Explore knowledge-distillation hyperparameters "
@@ -366,18 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in COMMANDS.values():
-        sp = sub.add_parser(c.name, help=c.help, description=c.help)
+        if only is not None and c.name != only:
+            continue
+        formatter = argparse.RawDescriptionHelpFormatter if c.epilog else argparse.HelpFormatter
+        sp = sub.add_parser(c.name, help=c.help, description=c.help, epilog=c.epilog, formatter_class=formatter)
         c.add_arguments(sp)
-        sp.set_defaults(_run=c.run)
+        sp.set_defaults(_run=c.run, _check=c.check)
     return parser
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Parse and run one command; user-input problems print one line and return 2."""
+def run(argv: list[str] | None = None, only: str | None = None) -> int:
+    """Parse and run one command (`only`: build that command's parser alone); user-input problems
+    print one line and return 2."""
     import sys
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(only).parse_args(argv)
     try:
+        if args._check is not None:  # the command's own flags first: cheap, and about the command line alone
+            args._check(args)
+        for dest, check in FLAG_CHECKS.items():  # every command's --address, --tracking-uri, checked alike
+            if getattr(args, dest, None) is not None:
+                setattr(args, dest, check(getattr(args, dest)))
         return int(args._run(args) or 0)
     except KdxError as e:
         print(f"kdx: error: {e}", file=sys.stderr, flush=True)

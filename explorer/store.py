@@ -1,47 +1,35 @@
 """The teacher store: content-addressed, checksummed, built at most once, extendable.
 
-What a teacher is, how its key is computed, and the manifest format with the record parsed from it:
-`explorer/recipe.py` (plain data). How files are read and written atomically, locally or on any
-pyarrow URI, and the default lock: `explorer/storage.py`. This module is the store itself.
+What a teacher is, its key and the manifest format: `explorer/recipe.py`. Atomic file IO, locally or
+on any pyarrow URI, and the default lock: `explorer/storage.py`. This module is the store.
 
-Layout (a local directory, a shared filesystem path, or any URI pyarrow.fs understands)
----------------------------------------------------------------------------------------
-    <root>/<key>/recipe.json     the canonical recipe (written once, before any checkpoint)
-    <root>/<key>/ckpt_e<E>.pt    the FULL trainer state after epoch E (model, optimiser,
-                                 scheduler, data-order RNG, epoch, history)
-    <root>/<key>/manifest.json   the commit point: lists each checkpoint with its SHA-256, size and
-                                 val/test accuracy, the per-epoch metrics, and the builds
-    <root>/<key>.lock            the per-key lock file (default lock on local and shared-filesystem roots)
+Layout (a local directory, a shared filesystem path, or any URI pyarrow.fs understands):
+`<root>/<key>/recipe.json` (the canonical recipe, written before any checkpoint), `ckpt_e<E>.pt` (the
+FULL trainer state after epoch E: model, optimiser, scheduler, data-order RNG, epoch, history),
+`manifest.json` (the commit point: each checkpoint's SHA-256, size and val/test accuracy, the
+per-epoch metrics, the builds) and `<root>/<key>.lock` (the default per-key lock file).
 
 A checkpoint is written (atomically) before the manifest that lists it, so the manifest never names
-a file that is not there in full. Every load checks the SHA-256 against the manifest and uses
-`torch.load(weights_only=True)`: a checkpoint holding anything but tensors and plain containers is
-refused, never unpickled.
+a file that is not there in full. Every load checks the SHA-256 and uses
+`torch.load(weights_only=True)`: anything but tensors and plain containers is refused, never
+unpickled. A key directory without a manifest is a build in progress (its lock is held) or the
+orphan of a killed build: `incomplete()` lists both, `gc()` removes the orphans.
 
-Building and extending (what is reused, what is retrained)
------------------------------------------------------------
-`TeacherStore.ensure(recipe, stop_epochs)` makes sure the teacher has a good checkpoint at every
-stop epoch asked for and at its final epoch. A kept checkpoint that passes its checksum is reused as
-it is (never rewritten). A missing stop epoch E is produced by resuming from the latest good
-checkpoint before E (or from scratch) and training the epochs in between, so adding stop epochs
-later retrains only those epochs, and asking for kept ones trains nothing. The saved state includes
-the optimiser, the scheduler and the RNG that orders the data, so on CPU the resumed run reproduces
-bit for bit the weights the original run had at E (tested); on GPU, cuDNN/cuBLAS kernels are not
-bit-reproducible, so the last bits can differ. A checkpoint that is missing, truncated or fails its
-checksum is reported (a warning naming the file) and rebuilt the same way, never loaded; an
-unreadable manifest makes the whole teacher count as not built.
+Building and extending: `ensure(recipe, stop_epochs)` makes sure the teacher has a good checkpoint at
+every stop epoch asked for and at its final epoch. Kept checkpoints that pass their checksum are
+reused (never rewritten); a missing stop epoch E resumes from the latest good checkpoint before E
+(or from scratch), so adding stop epochs later retrains only the epochs in between; on CPU a resumed
+run reproduces bit for bit the weights the original run had at E (tested; on GPU the last bits can
+differ). A missing, truncated or mismatching checkpoint is reported (a warning naming the file) and
+rebuilt, never loaded; an unreadable manifest makes the whole teacher count as not built.
 
-Locking (at most one build of a key at a time)
-----------------------------------------------
-The lock is injected: `TeacherStore(root, lock=provider)`, `provider(key)` being a context manager
-that holds the build lock of `key` across every process that may build it (on Ray, `trainables`
-injects its cluster-wide lock from `trainables/locks.py`; explorer knows no cluster). The default is
-the storage's own (`Storage.lock`): a file lock on local and shared-filesystem roots; on object
-stores only a lock within this process, with a warning. After acquiring the lock the manifest is
-read again: another process may have built the teacher meanwhile, and then nothing is trained.
+Locking: injected, `TeacherStore(root, lock=provider)`, `provider(key)` a context manager holding the
+build lock of `key` across every process that may build it (on Ray, `trainables/locks.py` injects a
+cluster-wide one). The default is the storage's own: a file lock on local and shared-filesystem
+roots; on object stores only a lock within this process, with a warning. After acquiring the lock
+the manifest is read again: if another process built the teacher meanwhile, nothing is trained.
 
-MLflow logging is not done here (explorer depends on no tracking server): `ensure` forwards every
-trained epoch's metrics to `on_epoch(epoch, metrics)`.
+MLflow logging is not done here: `ensure` forwards every trained epoch's metrics to `on_epoch`.
 """
 
 from __future__ import annotations
@@ -97,11 +85,7 @@ class _Broken(Exception):
 
 class TeacherStore:
     """Teachers by recipe key under `root` (a local path, created if needed, or a pyarrow URI).
-
-    `lock`: a callable `key -> context manager` holding the build lock of `key` across every process
-    that may build it, or None for the default: a file lock per key on local and shared-filesystem
-    roots; on object-store URIs only a lock within this process (with a warning when used), so
-    cluster callers inject a cluster-wide lock (the Ray side does: trainables/locks.py)."""
+    `lock`: a callable `key -> context manager`, or None for the default (see "Locking" above)."""
 
     def __init__(self, root: str, lock: LockProvider | None = None):
         if lock is not None and not callable(lock):
@@ -208,8 +192,7 @@ class TeacherStore:
 
     def verify(self) -> list[str]:
         """One line per broken file (missing, checksum mismatch, unreadable manifest); [] when all is well.
-        A key without a manifest is a build in progress or interrupted before its first commit: it
-        promises nothing, so it is not a problem."""
+        A key without a manifest promises nothing (see `incomplete()` for those)."""
         problems = []
         for key in filter(is_key, self.files.list_dirs(self.files.base)):
             m, problem = self._manifest(key)
@@ -221,6 +204,38 @@ class TeacherStore:
                 except _Broken as b:
                     problems.append(str(b))
         return problems
+
+    def incomplete(self) -> list[dict]:
+        """Keys with files but no manifest: {key, building}: a build in progress (its lock is held) or
+        the orphan of a killed build (building False; None on object stores: no lock can tell)."""
+        import filelock
+
+        out = []
+        for key in filter(is_key, self.files.list_dirs(self.files.base)):
+            if self.files.exists(self._path(key, MANIFEST)):
+                continue
+            building = None
+            if self.local:
+                lk = filelock.FileLock(os.path.join(self.files.base, f"{key}.lock"))
+                with contextlib.suppress(filelock.Timeout):
+                    building = True
+                    lk.acquire(timeout=0)
+                    building = lk.release() or False
+            out.append({"key": key, "building": building})
+        return out
+
+    def gc(self) -> list[str]:
+        """Remove the orphans of killed builds, each under its lock; their keys (local stores only)."""
+        if not self.local:
+            raise bad_value("--store", self.root, "allowed for gc: a local or shared-filesystem store (on an "
+                            "object store no lock tells a killed build from a running one)")
+        removed = []
+        for key in [o["key"] for o in self.incomplete() if o["building"] is False]:
+            with self.files.lock(key):
+                if not self.files.exists(self._path(key, MANIFEST)):  # not committed meanwhile
+                    self.files.fs.delete_dir(self._path(key))
+                    removed.append(key)
+        return removed
 
     def complete(self, recipe: TeacherRecipe, stop_epochs: Iterable[int] = ()) -> TeacherRecord | None:
         """The record when every asked stop epoch (and the final one) is kept and passes its checksum
@@ -238,9 +253,7 @@ class TeacherStore:
 
     def load_model(self, key: str, stop_epoch: int | None = None, device="cpu") -> tuple[nn.Module, dict]:
         """(model in eval mode on `device`, checkpoint info) of teacher `key` at `stop_epoch` (None = final).
-
-        The checksum is verified and the file is read with torch.load(weights_only=True); a broken
-        or unsafe checkpoint raises KdxError, it is never used."""
+        Checksum verified, read with torch.load(weights_only=True); a broken or unsafe one is a KdxError."""
         m = self._read_manifest(key) if is_key(key) else None
         if m is None:
             raise KdxError(f"teacher {key}: not in the store {self.root}; build it with `kdx teachers build ...` "
@@ -264,10 +277,9 @@ class TeacherStore:
             raise KdxError(f"teacher {key} epoch {epoch}: {self._show(key, info['file'])} does not fit a "
                            f"{rec.arch} ({first}); rebuild with `{hint}`.") from None
         model.to(device).eval()
-        out = dict(info) | {"key": key, "label": rec.label, "arch": rec.arch, "epoch": epoch, "epochs": rec.epochs,
-                            "params": rec.params, "num_classes": rec.num_classes,
-                            "input_shape": list(rec.input_shape)}
-        return model, out
+        return model, dict(info) | {"key": key, "label": rec.label, "arch": rec.arch, "epoch": epoch,
+                                    "epochs": rec.epochs, "params": rec.params, "num_classes": rec.num_classes,
+                                    "input_shape": list(rec.input_shape)}
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -282,11 +294,10 @@ class TeacherStore:
     def ensure(self, recipe: TeacherRecipe, stop_epochs: Iterable[int] = (), device=None,
                on_epoch: OnEpoch | None = None, splits: Splits | None = None) -> tuple[TeacherRecord, bool]:
         """Make sure the teacher has a good checkpoint at every stop epoch and at its final epoch.
-
-        Returns (record, built_now): built_now is False when everything was already kept (nothing
-        trained). Builds or extends only what is missing, under the key's lock; a second asker
-        waits for the first and reuses its result. `on_epoch(epoch, metrics)` is called for every
-        epoch trained here. `splits`, if given, must be `load_splits(recipe.data)` (saves a reload)."""
+        Returns (record, built_now): built_now is False when everything was already kept. Builds or
+        extends only what is missing, under the key's lock; a second asker waits for the first and
+        reuses its result. `on_epoch(epoch, metrics)` is called for every epoch trained here.
+        `splits`, if given, must be `load_splits(recipe.data)` (saves a reload)."""
         if not isinstance(recipe, TeacherRecipe):
             raise bad_value("recipe", recipe, "allowed: a TeacherRecipe")
         recipe.validate()

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 
 # =====================================================================================
-# `kdx teachers {build,list,verify}`: the teacher zoo (trainables/zoo.py, explorer/store.py)
+# `kdx teachers {build,list,verify,gc}`: the teacher zoo (trainables/zoo.py, explorer/store.py)
 # Self-contained section: everything it uses is imported or defined between these two banners.
 # =====================================================================================
 
 import argparse  # noqa: E402
 
-from explorer.cli import (add_data_arguments, add_recipe_arguments, command, data_spec_from_args,  # noqa: E402
-                          int_list, print_json, recipe_from_args, str_list)
+from explorer.cli import (add_data_arguments, add_recipe_arguments, command,  # noqa: E402
+                          data_spec_from_args, int_list, print_json, recipe_from_args, str_list)
 from explorer.errors import KdxError, bad_value  # noqa: E402
 
 
@@ -55,10 +55,8 @@ def _teachers_build_args(p):
     p.add_argument("--json", action="store_true", help="last line: one JSON object with every teacher")
 
 
-def _teachers_build(args) -> int:
-    from explorer.store import TeacherRecipe, check_stop_epochs
-
-    # Everything is checked before Ray starts.
+def _teachers_build_check(args) -> None:
+    """The flags alone, before the address and tracking URI are checked and before Ray starts."""
     if not args.arch:
         raise bad_value("--arch", args.arch, "allowed: one or more architectures, comma-separated")
     if not args.seeds:
@@ -73,6 +71,13 @@ def _teachers_build(args) -> int:
         raise bad_value("--gpus-per-teacher", args.gpus_per_teacher, "allowed: a number >= 0 (fractions share a GPU)")
     if args.retries < 0:
         raise bad_value("--retries", args.retries, "allowed: a whole number >= 0")
+
+
+def _teachers_build(args) -> int:
+    from explorer.store import TeacherRecipe, check_stop_epochs
+
+    local = not args.address or args.address == "local"
+    address = args.address or "local"  # checked (explorer.cli.FLAG_CHECKS) before this runs
     spec = data_spec_from_args(args)
     requests = []
     for arch in args.arch:
@@ -87,6 +92,12 @@ def _teachers_build(args) -> int:
 
     import ray
 
+    from .connect import check_cluster_resources, prepare_tracking
+
+    tracking_uri = absolute_tracking_uri(args.tracking_uri)
+    if tracking_uri:
+        prepare_tracking(tracking_uri)
+
     started = False
     # Ray is started only when something has to be built (all reused: answered from the store).
     if not ray.is_initialized() and any(store.complete(r, s) is None for r, s in requests):
@@ -94,14 +105,17 @@ def _teachers_build(args) -> int:
         if local and args.num_cpus:
             kwargs["num_cpus"] = args.num_cpus
         try:
-            ray.init(address=args.address or "local", **kwargs)
+            ray.init(address=address, **kwargs)
         except ConnectionError as e:
             raise KdxError(f"--address: could not connect to Ray at {args.address!r} ({e}).") from None
         started = True
     try:
+        if started:
+            check_cluster_resources([("--cpus-per-teacher", "CPU", args.cpus_per_teacher),
+                                     ("--gpus-per-teacher", "GPU", args.gpus_per_teacher)])
         results = build_zoo(requests, store.root, cpus_per_teacher=args.cpus_per_teacher,
                             gpus_per_teacher=args.gpus_per_teacher, retries=args.retries,
-                            tracking_uri=absolute_tracking_uri(args.tracking_uri), experiment=args.experiment)
+                            tracking_uri=tracking_uri, experiment=args.experiment)
     finally:
         if started:
             ray.shutdown()
@@ -129,19 +143,30 @@ def _teachers_list_args(p):
     p.add_argument("--json", action="store_true", help="one JSON object with every teacher")
 
 
+def _incomplete_text(item: dict) -> str:
+    if item["building"]:
+        return f"{item['key']}  incomplete: being built now (its lock is held)"
+    how = "no lock can tell whether its build still runs" if item["building"] is None else \
+        "a killed build's orphan; `kdx teachers gc` removes it"
+    return f"{item['key']}  incomplete: no manifest ({how})"
+
+
 def _teachers_list(args) -> int:
     store = _teacher_store(args)
-    records = store.list()
+    records, partial = store.list(), store.incomplete()
     if args.json:
-        print_json({"store": store.root, "teachers": [r.summary() for r in records]})
+        print_json({"store": store.root, "teachers": [r.summary() for r in records], "incomplete": partial})
         return 0
-    if not records:
+    if not records and not partial:
         print(f"no teachers in {store.root}", flush=True)
         return 0
     for r in records:
         print(f"{r.key}  {r.recipe['data']['dataset']:<8} {r.label:<22} {r.params:>11,} params "
               f"{_human_bytes(r.size_bytes):>9}  {_acc_text(r.checkpoints)}", flush=True)
-    print(f"{len(records)} teachers, {_human_bytes(sum(r.size_bytes for r in records))} in {store.root}", flush=True)
+    for item in partial:
+        print(_incomplete_text(item), flush=True)
+    print(f"{len(records)} teachers, {_human_bytes(sum(r.size_bytes for r in records))} in {store.root}"
+          + (f"; {len(partial)} incomplete" if partial else ""), flush=True)
     return 0
 
 
@@ -151,12 +176,16 @@ def _teachers_verify_args(p):
 
 def _teachers_verify(args) -> int:
     store = _teacher_store(args)
-    problems = store.verify()
+    problems, partial = store.verify(), store.incomplete()
     for line in problems:
         print(f"broken: {line}", flush=True)
-    if problems:
-        print(f"{len(problems)} broken file(s) in {store.root}; `kdx teachers build` with the same recipe "
-              f"rebuilds them", flush=True)
+    for item in partial:
+        print(_incomplete_text(item), flush=True)
+    orphans = [i for i in partial if i["building"] is False]
+    if problems or orphans:
+        print(f"{len(problems)} broken file(s), {len(orphans)} orphan(s) of killed builds in {store.root}; "
+              "`kdx teachers build` with the same recipe rebuilds broken files, `kdx teachers gc` removes "
+              "orphans", flush=True)
         return 1
     records = store.list()
     print(f"ok: {len(records)} teachers, {sum(len(r.checkpoints) for r in records)} checkpoints verified "
@@ -164,12 +193,29 @@ def _teachers_verify(args) -> int:
     return 0
 
 
+def _teachers_gc_args(p):
+    p.add_argument("--store", default=None, help="teacher store path or URI (default ./kdx_runs/teachers)")
+
+
+def _teachers_gc(args) -> int:
+    store = _teacher_store(args)
+    removed = store.gc()
+    for key in removed:
+        print(f"removed {key} (a killed build's orphan)", flush=True)
+    left = [i for i in store.incomplete() if i["building"]]
+    print(f"{len(removed)} orphan(s) removed from {store.root}"
+          + (f"; {len(left)} build(s) in progress left alone" if left else ""), flush=True)
+    return 0
+
+
 _TEACHER_ACTIONS = {
     "build": ("build teachers (in parallel, as Ray tasks) and keep a checkpoint at each stop epoch",
               _teachers_build_args, _teachers_build),
     "list": ("list the teachers in the store", _teachers_list_args, _teachers_list),
-    "verify": ("check every checkpoint's checksum; exit 1 if anything is broken", _teachers_verify_args,
-               _teachers_verify),
+    "verify": ("check every checkpoint's checksum and list incomplete teachers; exit 1 if anything is broken "
+               "or orphaned", _teachers_verify_args, _teachers_verify),
+    "gc": ("remove the orphans of killed builds (teachers without a manifest whose lock nobody holds)",
+           _teachers_gc_args, _teachers_gc),
 }
 
 
@@ -181,7 +227,12 @@ def _teachers_args(p: argparse.ArgumentParser) -> None:
         sp.set_defaults(_teachers_run=fn)
 
 
-@command("teachers", "the teacher store: build, list, verify", _teachers_args)
+def _teachers_check(args) -> None:
+    if args.teachers_action == "build":
+        _teachers_build_check(args)
+
+
+@command("teachers", "the teacher store: build, list, verify, gc", _teachers_args, check=_teachers_check)
 def cmd_teachers(args) -> int:
     return args._teachers_run(args)
 

@@ -40,6 +40,7 @@ from explorer.store import (TeacherRecipe, TeacherRecord, TeacherStore, check_st
                             default_store_root)
 from explorer.tracking import ROLE_TAG, ROLE_TEACHER, TEACHER_KEY_TAG, absolute_tracking_uri
 
+from .connect import close_orphaned_runs, owner_tags, prepare_tracking
 from .locks import store_lock
 
 __all__ = ["ZooResult", "build_zoo", "default_store_root", "flatten"]
@@ -227,15 +228,17 @@ class _TeacherRuns:
     def __init__(self, tracking_uri: str, experiment: str):
         from mlflow.tracking import MlflowClient
 
+        prepare_tracking(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = _experiment_id(self.client, experiment)
+        close_orphaned_runs(self.client, self.experiment_id, log.warning)
 
     def write(self, recipe: TeacherRecipe, stop_epochs: list[int], out: dict) -> None:
         from mlflow.entities import Metric, Param
 
         key, run_id = recipe.key(), None
         tags = {ROLE_TAG: ROLE_TEACHER, TEACHER_KEY_TAG: key, "teacher_label": recipe.label(),
-                "arch": recipe.train.arch, "dataset": recipe.data.dataset}
+                "arch": recipe.train.arch, "dataset": recipe.data.dataset, **owner_tags()}
         params = flatten(recipe.canonical()) | {"teacher_key": key, "stop_epochs": ",".join(map(str, stop_epochs))}
         try:
             run = self.client.create_run(self.experiment_id, start_time=out.get("started"), tags=tags,
