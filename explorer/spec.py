@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, create_model, field_validator
@@ -29,7 +29,7 @@ from .data import DatasetSection, DataSpec
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
-from .spec_sections import CELL_LISTS, ConfirmSection, ResourcesSection, SearchSection
+from .spec_sections import ConfirmSection, ResourcesSection, SearchSection
 from .teachers import parse_teacher, teacher_chains, teacher_kind
 
 # The distill keys: the method and every hyperparameter any registered method declares.
@@ -91,6 +91,9 @@ class TeachersSection(Strict):
                 or type(m).build_student is not Method.build_student:
             raise KdxError(f"teachers.distill.method: got {name!r}; allowed: a method that distils one plain model "
                            "from one teacher (kd, ckm, wsl).")
+        if m.init_epochs(hp):  # a chain's checkpoints are kept on the teacher recipe's own epoch clock
+            raise KdxError(f"teachers.distill.method: got {name!r} with init_epochs {m.init_epochs(hp)}; allowed: "
+                           "a one-stage method (kd, ckm, wsl), or init_epochs: 0.")
         return name, {k: v for k, v in hp.items()}
 
     @field_validator("stop_epochs")
@@ -229,25 +232,20 @@ class SearchSpec(Strict):
         if len(set(self.seeds)) != len(self.seeds):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
         check_points(self.search.points_to_evaluate, self.searched_axes(), self.search.algorithm)
-        self._check_confirm()
+        self.confirm.check(self.seeds, self.searched_axes())
         return self
 
-    def _check_confirm(self) -> None:
-        c = self.confirm
-        if len(set(c.seeds)) != len(c.seeds):
-            raise KdxError(f"confirm.seeds: got {c.seeds}; allowed: distinct seeds.")
-        reused = sorted(set(c.seeds) & set(self.seeds))
-        if reused:
-            raise KdxError(f"confirm.seeds: got {c.seeds}; allowed: seeds the search does not use (it uses "
-                           f"{self.seeds}), so that no seed is counted twice ({reused[0]} is in both).")
-        allowed = [*CELL_LISTS, *(k for k, a in self.searched_axes().items()
-                                  if a.kind in ("choice", "grid") and k not in CELL_LISTS and k != "seed")]
-        for name in c.cells:
-            if name not in allowed:
-                raise KdxError(f"confirm.cells: got {name!r}; allowed: {', '.join(allowed)} (the teacher lists and "
-                               "the searched choice or grid axes).")
-        if len(set(c.cells)) != len(c.cells):
-            raise KdxError(f"confirm.cells: got {c.cells}; allowed: distinct names.")
+    def trial_epochs(self) -> int:
+        """The most epochs a trial reports: the student's, plus the longest init stage of a two-stage
+        method in the space (FitNet, FSP, AB run it on the same clock; ASHA's max_t)."""
+        axes = self.distill.axes()
+        longest = 0
+        for method in axes["method"].values():
+            m = get_method(method)
+            if "init_epochs" in {h.name for h in m.hparams}:
+                longest = max([longest, *(m.init_epochs(m.resolve({"init_epochs": v} if v is not None else {}))
+                                          for v in axes["init_epochs"].values())])
+        return self.student.epochs + longest
 
     def cell_params(self) -> list[str]:
         """The params that key a confirmation cell: `confirm.cells`, plus the student architecture when

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from .config import Seed, Strict
+from .errors import KdxError
 
 
 class AshaSection(Strict):
@@ -28,6 +29,9 @@ class SearchSection(Strict):
     # A trial checkpoints at every ASHA rung and at its last epoch, and between them at most this
     # often (0: every epoch). A restart repeats at most this much training, exactly.
     checkpoint_seconds: float = Field(30.0, ge=0, allow_inf_nan=False)
+    # Ray Tune's reuse_actors: the next trial runs in the worker process of a finished one (no
+    # process start, no second torch import). Trials keep no state between them: each builds its own.
+    reuse_actors: bool = True
 
 
 class Resources(Strict):
@@ -52,6 +56,23 @@ class ConfirmSection(Strict):
                              description="the params whose every combination is a cell (the student's searched "
                                          "architecture is always one more)")
 
+    def check(self, search_seeds: list[int], searched: dict) -> None:
+        """Fresh, distinct seeds, and cells keyed on the teacher lists or searched choice/grid axes."""
+        if len(set(self.seeds)) != len(self.seeds):
+            raise KdxError(f"confirm.seeds: got {self.seeds}; allowed: distinct seeds.")
+        reused = sorted(set(self.seeds) & set(search_seeds))
+        if reused:
+            raise KdxError(f"confirm.seeds: got {self.seeds}; allowed: seeds the search does not use (it uses "
+                           f"{search_seeds}), so that no seed is counted twice ({reused[0]} is in both).")
+        allowed = [*CELL_LISTS, *(k for k, a in searched.items()
+                                  if a.kind in ("choice", "grid") and k not in CELL_LISTS and k != "seed")]
+        for name in self.cells:
+            if name not in allowed:
+                raise KdxError(f"confirm.cells: got {name!r}; allowed: {', '.join(allowed)} (the teacher lists and "
+                               "the searched choice or grid axes).")
+        if len(set(self.cells)) != len(self.cells):
+            raise KdxError(f"confirm.cells: got {self.cells}; allowed: distinct names.")
 
-# What a confirmation cell may be keyed on: the teacher/stop lists and discrete distill/student axes.
+
+# What a confirmation cell may be keyed on: the teacher lists, and the searched discrete axes.
 CELL_LISTS = ("teacher", "teacher_stop_epoch")

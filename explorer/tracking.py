@@ -65,7 +65,7 @@ DERIVED_PARAMS = ("student_params", "teacher_params", "capacity_ratio", "teacher
 # Per-epoch metrics (step = epoch, 1-based) produced by explorer.train.Trainer.
 EPOCH_METRICS = (
     "train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "test_acc", "test_loss",
-    "kd_agreement", "teacher_val_acc", "epoch_seconds", "samples_per_second", "lr", "stage",
+    "kd_agreement", "teacher_val_acc", "epoch_seconds", "eval_seconds", "samples_per_second", "lr", "stage",
 )
 
 

@@ -278,7 +278,9 @@ class Trainer:
             metrics[f"train_{k}"] = 0.0
         for k, v in sums.items():
             metrics[f"train_{k}"] = (v / n_seen).item()
+        start = time.perf_counter()
         metrics.update(self._eval_metrics())
+        metrics["eval_seconds"] = time.perf_counter() - start
         metrics["epoch_seconds"] = seconds
         metrics["samples_per_second"] = n_seen / seconds if seconds > 0 else float("inf")
         self.epoch = epoch

@@ -170,7 +170,8 @@ def test_interrupted_search_resumes_without_rebuilding_or_duplicating(tmp_path):
 
 def test_crashed_trial_retries_from_its_checkpoint(tmp_path):
     marker = tmp_path / "crashed-once"
-    spec = write_spec(tmp_path / "tiny.yaml", baseline=False, search=TINY["search"] | {"num_samples": 2, "asha": None})
+    spec = write_spec(tmp_path / "tiny.yaml", baseline=False,  # checkpoint_seconds 0: a checkpoint every epoch
+                      search=TINY["search"] | {"num_samples": 2, "asha": None, "checkpoint_seconds": 0})
     proc = kdx(tmp_path, "search", str(spec), "--json", env={"KDX_INJECT_FAULT": f"3:{marker}"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert marker.exists()  # the fault did fire
@@ -285,25 +286,34 @@ def test_diverging_trials_end_as_diverged_and_the_search_carries_on(tmp_path):
 
 
 def test_confirm_then_analyze_on_the_real_search(searched):
-    """`kdx confirm` re-runs the best config and the baseline over seeds; `kdx analyze` reads it all back."""
+    """`kdx confirm` re-runs every cell's best config and the baseline with the spec's fresh seeds;
+    `kdx analyze` reads it all back and states the confirmed answer first."""
     cwd, _ = searched
-    proc = kdx(cwd, "confirm", "tiny", "--top", "1", "--seeds", "2", "--json")
+    proc = kdx(cwd, "confirm", "tiny", "--json")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": 4}
     client, runs = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
-    confirm = [r for r in by_role(runs, "trial") if r.data.tags["kdx.kind"] == "confirm"]
-    assert len(confirm) == 4 and all(r.data.tags[STATUS_TAG] == "completed" for r in confirm)
-    assert sorted(r.data.params["seed"] for r in confirm) == ["0", "0", "1", "1"]
+    trials = by_role(runs, "trial")
+    searched_runs = [r for r in trials if r.data.tags["kdx.kind"] == "search"
+                     and r.data.tags[STATUS_TAG] in ("completed", "pruned")]
+    cells = {(r.data.params["teacher"], r.data.params["teacher_stop_epoch"]) for r in searched_runs}
+    confirm = [r for r in trials if r.data.tags["kdx.kind"] == "confirm"]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": 2 * len(cells) + 2}
+    assert len(confirm) == 2 * len(cells) + 2 and all(r.data.tags[STATUS_TAG] == "completed" for r in confirm)
+    # fresh seeds only (the search used 0 and 1), each cell and the baseline with both
+    assert sorted(r.data.params["seed"] for r in confirm) == sorted(["100", "101"] * (len(cells) + 1))
     assert sorted(r.data.params["teacher"] for r in confirm).count("none") == 2  # the CE baseline, twice
     assert len(by_role(runs, "search")) == 1  # same parent run
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    # the confirmed config is the best completed search trial, re-run at its searched values
-    searched_runs = [r for r in by_role(runs, "trial") if r.data.tags["kdx.kind"] == "search"
-                     and r.data.tags[STATUS_TAG] == "completed"]
-    best = max(searched_runs, key=lambda r: r.data.metrics["val_acc"])
-    for r in confirm:
-        if r.data.params["teacher"] != "none":
-            for p in ("teacher", "teacher_stop_epoch", "temperature", "alpha"):
+    # each cell's confirmed config is that cell's best completed search trial, at its searched values
+    # (a cell whose trials were all pruned: its best pruned trial, so it is measured rather than dropped)
+    for cell in cells:
+        tried = [r for r in searched_runs if (r.data.params["teacher"], r.data.params["teacher_stop_epoch"]) == cell]
+        done = [r for r in tried if r.data.tags[STATUS_TAG] == "completed"]
+        best = max(done or tried, key=lambda r: r.data.metrics["val_acc"])
+        mine = [r for r in confirm if (r.data.params["teacher"], r.data.params["teacher_stop_epoch"]) == cell]
+        assert len(mine) == 2
+        for r in mine:
+            for p in ("temperature", "alpha"):
                 assert r.data.params[p] == best.data.params[p], p
 
     out = cwd / "report"
@@ -311,15 +321,35 @@ def test_confirm_then_analyze_on_the_real_search(searched):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     trial_runs = by_role(runs, "trial")
-    assert summary["trials"]["total"] == len(trial_runs) == 8 + 2 + 4
+    assert summary["trials"]["total"] == len(trial_runs) == 8 + 2 + 2 * len(cells) + 2
     (student,) = summary["students"]
     distilled = [r for r in trial_runs if r.data.tags[STATUS_TAG] == "completed" and r.data.params["teacher"] != "none"]
     top = max(distilled, key=lambda r: r.data.metrics["val_acc"])
     assert student["student"] == "cnn1d_w4" and student["val_acc"] == pytest.approx(top.data.metrics["val_acc"])
     assert student["teacher"] == top.data.params["teacher"]
     assert f"val {student['val_acc']:.4f}" in proc.stdout  # the printed summary says the same
-    for name in ("report.md", "report.html", "trials.csv", "capacity_curve.png", "kd_gain_forest.png"):
+    for name in ("report.md", "report.html", "trials.csv", "confirmed.png", "capacity_curve.png", "kd_gain_forest.png"):
         assert (out / name).stat().st_size > 0, name
-    parent = by_role(runs, "search")[0]
+    # the confirmed answer comes first, on the terminal and in the report, every point on 2 fresh seeds
+    confirmed = summary["confirmed"]["cnn1d_w4"]
+    assert confirmed["confirmed"] and confirmed["min_seeds"] == 2 and confirmed["n_cells"] == len(cells)
+    assert "the best cell on validation is" in proc.stdout.splitlines()[1]
+    report = (out / "report.md").read_text()
+    assert report.index("## Answer") < report.index("## 1. Trials by status")
+    parent = client.get_run(by_role(runs, "search")[0].info.run_id)
     attached = [a.path for a in client.list_artifacts(parent.info.run_id, "analysis")]
     assert any(p.endswith("report.html") for p in attached)
+    # the parent run carries the headline numbers, equal to the summary's
+    g = confirmed["kd_gain"]["test_acc"]
+    assert parent.data.metrics["kd_gain_test"] == pytest.approx(g["diff"])
+    assert parent.data.metrics["best_test_acc"] == pytest.approx(confirmed["best"]["test_mean"])
+    assert parent.data.metrics["best_n_seeds"] == 2
+
+
+def test_trials_checkpoint_at_every_asha_rung_and_the_last_epoch():
+    from trainables.student import checkpoint_epochs
+
+    assert checkpoint_epochs(30, (15, 2)) == {15, 30}
+    assert checkpoint_epochs(30, (1, 3)) == {1, 3, 9, 27, 30}
+    assert checkpoint_epochs(4, (1, 2)) == {1, 2, 4}
+    assert checkpoint_epochs(6, None) == {6}

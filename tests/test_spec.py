@@ -122,3 +122,13 @@ def test_cli_validate(tmp_path, capsys):
     broken.write_text("name: [unclosed\n")
     assert main(["validate", str(broken)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_a_two_stage_methods_init_epochs_count_on_the_trial_clock():
+    """ASHA's max_t is the student's epochs plus the longest init stage in the space (FitNet, FSP, AB)."""
+    spec = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
+    assert parse_spec(spec).trial_epochs() == 4
+    spec["distill"] = {"method": "fitnet", "init_epochs": {"choice": [2, 5]}}
+    assert parse_spec(spec).trial_epochs() == 4 + 5
+    spec["distill"] = {"method": {"choice": ["kd", "fitnet"]}}
+    assert parse_spec(spec).trial_epochs() == 4 + 100  # fitnet's default init stage (seed 000 section III)

@@ -1,13 +1,15 @@
-"""Driver-side Tune callbacks: MLflow logging keyed by trial id, and a progress line.
+"""Driver-side Tune callbacks: MLflow logging keyed by trial id, and the search's progress (rich).
 
 Why not Ray's `MLflowLoggerCallback` / `setup_mlflow` (../shared/DESIGN.md, known traps): they log
 `config/*`, `pid`, `done` as metrics, open a new run for a resumed trial, and never end runs. Here
 one trial is one MLflow run for its whole life, found again by its `trial_id` tag after a resume,
 child of the search's parent run, and always ended (FINISHED, KILLED or FAILED).
 
-All MLflow writes happen on the driver, so a SQLite store has one writer per search. The callbacks
-are pickled with the Tuner (resume restores them), so they hold only plain data and open their
-MLflow client lazily.
+All MLflow writes happen on the driver, so a SQLite store has one writer per search. A trial's
+epoch metrics are written in batches (`FLUSH_SECONDS`), not one transaction per epoch, and always
+before a checkpoint is registered and when the trial ends: an epoch a restarted trial will not
+repeat is never left unwritten. The callbacks are pickled with the Tuner (resume restores them), so
+they hold only plain data and open their MLflow client lazily.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from explorer.tracking import (
 )
 from explorer.tracking import trial_status as _status_of
 
+from .connect import OPEN_RUNS, owner_tags
+
 from .plan import Plan, trial_label
 
 
@@ -41,6 +45,10 @@ def logged_metrics(result: dict) -> dict[str, float]:
             and not isinstance(v, bool) and math.isfinite(v)}
 
 
+# How long a trial's epoch metrics may wait on the driver before they are written to MLflow.
+FLUSH_SECONDS = 5.0
+
+
 def _fmt(v) -> str:
     return "none" if v is None else str(v)
 
@@ -55,10 +63,12 @@ class MlflowTrialLogger(Callback):
         self._client = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}
+        self._pending: dict[str, list[Metric]] = {}  # trial id -> metrics not yet written
+        self._flushed: dict[str, float] = {}  # trial id -> when its metrics were last written
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _last_step={})
+        state.update(_client=None, _runs={}, _last_step={}, _pending={}, _flushed={})
         return state
 
     @property
@@ -84,13 +94,15 @@ class MlflowTrialLogger(Callback):
         if existing is not None:
             run_id = existing.info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, STATUS_TAG, RUNNING)
+            tags = owner_tags() | {STATUS_TAG: RUNNING}  # this process owns the reopened run now
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             steps = [m.step for m in self.client.get_metric_history(run_id, "val_acc")]
             self._last_step[tid] = max(steps, default=0)
         else:
             settings = self.plan.settings(trial.config, self.kind)
             tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: ROLE_TRIAL, TRIAL_ID_TAG: tid,
-                    TEACHER_KEY_TAG: settings["teacher_key"], STATUS_TAG: RUNNING, KIND_TAG: self.kind}
+                    TEACHER_KEY_TAG: settings["teacher_key"], STATUS_TAG: RUNNING, KIND_TAG: self.kind,
+                    **owner_tags()}
             run = self.client.create_run(self.experiment_id, run_name=trial_label(settings), tags=tags)
             run_id = run.info.run_id
             # every trial param, and every searched value that is not one (a teacher-recipe field)
@@ -99,26 +111,40 @@ class MlflowTrialLogger(Callback):
             self.client.log_batch(run_id, params=params)
             self._last_step[tid] = 0
         self._runs[tid] = run_id
+        OPEN_RUNS.add(run_id)
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_id(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_id(trial)
+        self.run_id(trial)
         step = int(result.get("epoch", 0))
         if step <= self._last_step.get(trial.trial_id, 0):
             return  # already logged before a resume
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in logged_metrics(result).items()]
-        self.client.log_batch(run_id, metrics=metrics)
-        self._last_step[trial.trial_id] = step
+        tid = trial.trial_id
+        self._pending.setdefault(tid, []).extend(Metric(k, v, now, step) for k, v in logged_metrics(result).items())
+        self._last_step[tid] = step
+        if time.monotonic() - self._flushed.setdefault(tid, time.monotonic()) >= FLUSH_SECONDS:
+            self._flush(tid)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self._flush(trial.trial_id)  # a restart from this checkpoint does not repeat these epochs
+
+    def _flush(self, tid: str) -> None:
+        metrics = self._pending.pop(tid, [])
+        self._flushed[tid] = time.monotonic()
+        if metrics and tid in self._runs:
+            self.client.log_batch(self._runs[tid], metrics=metrics)  # MLflow splits big batches itself
 
     def _end(self, trial, status: str, run_status: str) -> None:
         run_id = self.run_id(trial)
+        self._flush(trial.trial_id)
         self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status)])
         self.client.set_terminated(run_id, run_status)
         self._runs.pop(trial.trial_id, None)
+        OPEN_RUNS.discard(run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         status = trial_status(trial, self.plan.epochs)
@@ -133,62 +159,134 @@ class MlflowTrialLogger(Callback):
     def close_open_runs(self) -> None:
         """Interrupted trials: their runs end KILLED (a resume reopens them)."""
         for tid, run_id in list(self._runs.items()):
+            self._flush(tid)
             self.client.set_tag(run_id, STATUS_TAG, INTERRUPTED)
             self.client.set_terminated(run_id, "KILLED")
             self._runs.pop(tid)
+            OPEN_RUNS.discard(run_id)
 
 
-class ProgressLine(Callback):
-    """Prints trials done / running / pruned / failed, the best so far, and elapsed time."""
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-    def __init__(self, plan: Plan, metric: str, mode: str, kind: str, every_s: float = 10.0, out=print):
-        self.plan, self.metric, self.mode, self.kind, self.every_s, self.out = plan, metric, mode, kind, every_s, out
-        self._start = None
-        self._last = 0.0
+
+class SearchProgress(Callback):
+    """Trials done of the total (completed, pruned, diverged, failed), running and pending, elapsed
+    time and an ETA (elapsed per finished trial times the trials left), and the best so far.
+
+    On a terminal: a rich progress bar, redrawn in place. Otherwise (a log file, a pipe): the same
+    numbers as one plain line every `every_s` seconds. At the end of the experiment, trials that
+    were stopped without finishing (Ctrl-C) are counted as interrupted, never as pruned."""
+
+    _live: list = []  # displays open in this process (a restored Tuner unpickles its own copy)
+
+    def __init__(self, plan: Plan, metric: str, mode: str, kind: str, total: int, every_s: float = 10.0, out=print):
+        self.plan, self.metric, self.mode, self.kind, self.total = plan, metric, mode, kind, total
+        self.every_s, self.out = every_s, out
+        self._start, self._last, self._bar, self._task = None, 0.0, None, None
+        self._ended: set[str] = set()  # trials Tune reported complete or errored during this run
+        self._earlier: set[str] | None = None  # trials already finished when this run started (a resume)
 
     def __getstate__(self):
-        return self.__dict__ | {"_start": None, "out": print}
+        return self.__dict__ | {"_start": None, "_bar": None, "_task": None, "out": print, "_ended": set(),
+                                "_earlier": None}
 
     def setup(self, **info):
         self._start = time.monotonic()
+        if self.out is print:
+            from rich.console import Console
 
-    def _line(self, trials) -> str:
-        counts = {COMPLETED: 0, PRUNED: 0, DIVERGED: 0, FAILED: 0, RUNNING: 0, "pending": 0}
+            console = Console()
+            if console.is_terminal:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                           TimeRemainingColumn)
+
+                self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                     TextColumn("{task.fields[counts]}"), console=console, transient=False)
+                self._task = self._bar.add_task(f"{self.plan.name} {self.kind}", total=self.total, counts="")
+                self._bar.start()
+        SearchProgress._live.append(self)
+
+    def counts(self, trials, final: bool = False) -> tuple[dict, object, object]:
+        """({outcome: n}, best value, best trial) over `trials`; `final`: unfinished ones are interrupted."""
+        self._note_earlier(trials)
+        counts = {COMPLETED: 0, PRUNED: 0, DIVERGED: 0, FAILED: 0, INTERRUPTED: 0, RUNNING: 0, "pending": 0}
         best, best_trial = None, None
         for t in trials:
-            if t.status == "RUNNING":
-                counts[RUNNING] += 1
-            elif t.status == "PENDING":
-                counts["pending"] += 1
-            elif t.status == "ERROR":
+            ended = t.trial_id in self._ended or t.trial_id in self._earlier
+            if t.status == "ERROR":
                 counts[FAILED] += 1
-            elif t.status == "TERMINATED":
+            elif t.status == "TERMINATED" and ended:
                 st = trial_status(t, self.plan.epochs)
                 counts[st] += 1
                 v = (t.last_result or {}).get(self.metric)
                 if st == COMPLETED and is_better(v, best, self.mode):
                     best, best_trial = v, t
-        elapsed = time.monotonic() - (self._start or time.monotonic())
-        text = (f"[{self.plan.name} {self.kind} {elapsed:6.0f}s] done {counts[COMPLETED]}, running {counts[RUNNING]}, "
-                f"pending {counts['pending']}, pruned {counts[PRUNED]}, diverged {counts[DIVERGED]}, "
-                f"failed {counts[FAILED]}")
-        if best_trial is not None:
-            text += f" | best {self.metric} {best:.4f} ({trial_label(self.plan.settings(best_trial.config, self.kind))})"
-        return text
+            elif final or t.status == "TERMINATED":
+                counts[INTERRUPTED] += 1
+            elif t.status == "RUNNING":
+                counts[RUNNING] += 1
+            else:
+                counts["pending"] += 1
+        return counts, best, best_trial
 
-    def _maybe_print(self, trials) -> None:
-        if time.monotonic() - self._last >= self.every_s:
+    def _show(self, trials, final: bool = False) -> None:
+        counts, best, best_trial = self.counts(trials, final)
+        done = sum(counts[k] for k in (COMPLETED, PRUNED, DIVERGED, FAILED))
+        elapsed = time.monotonic() - (self._start or time.monotonic())
+        parts = [f"{counts[k]} {k}" for k in (COMPLETED, PRUNED, DIVERGED, FAILED, INTERRUPTED) if counts[k]]
+        text = (", ".join(parts) or "none finished") + f"; {counts[RUNNING]} running, {counts['pending']} pending"
+        if best_trial is not None:
+            text += f" | best {self.metric} {best:.4f}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, counts=text)
+            return
+        new = done - len(self._earlier or ())
+        eta = _duration(elapsed / new * (self.total - done)) if 0 < new and done < self.total else "-"
+        label = f" ({trial_label(self.plan.settings(best_trial.config, self.kind))})" if best_trial else ""
+        self.out(f"[{self.plan.name} {self.kind}] {done}/{self.total} trials done, elapsed {_duration(elapsed)}, "
+                 f"ETA {eta}: {text}{label}", flush=True)
+
+    def _maybe_show(self, trials) -> None:
+        if self._bar is not None or time.monotonic() - self._last >= self.every_s:
             self._last = time.monotonic()
-            self.out(self._line(trials), flush=True)
+            self._show(trials)
+
+    def _note_earlier(self, trials) -> None:
+        """The trials finished before this run started (a resume), noted at the run's first step:
+        noted later, trials that Ctrl-C stopped would pass for finished ones."""
+        if self._earlier is None:
+            self._earlier = {t.trial_id for t in trials
+                             if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self._ended}
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._note_earlier(trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._maybe_print(trials)
+        self._maybe_show(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._maybe_print(trials)
+        self._ended.add(trial.trial_id)
+        self._maybe_show(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._maybe_print(trials)
+        self._ended.add(trial.trial_id)
+        self._maybe_show(trials)
 
     def on_experiment_end(self, trials, **info):
-        self.out(self._line(trials), flush=True)
+        self._show(trials, final=True)
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        if self in SearchProgress._live:
+            SearchProgress._live.remove(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for p in list(cls._live):
+            p.close()

@@ -12,22 +12,23 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from explorer.cli import check_tracking_uri
 from explorer.data import load_splits
 from explorer.errors import KdxError
 from explorer.spec import SearchSpec
 from explorer.tracking import (
-    COMPLETED, KIND_BASELINE, KIND_SEARCH, ROLE_SEARCH, ROLE_TAG, RUN_DIR, absolute_tracking_uri, default_tracking_uri,
-    is_better,
+    COMPLETED, FAILED, INTERRUPTED, KIND_BASELINE, KIND_SEARCH, ROLE_SEARCH, ROLE_TAG, RUN_DIR, absolute_tracking_uri,
+    default_tracking_uri, is_better,
 )
 
-from .callbacks import MlflowTrialLogger, ProgressLine, trial_status
+from .callbacks import MlflowTrialLogger, SearchProgress, trial_status
+from .connect import (OPEN_RUNS, check_address, check_cluster_resources, heartbeat, open_experiment, owner_tags,
+                      prepare_tracking, quiet_ray_logs, refuse_rerun)
 from .plan import Plan, make_plan, trial_label
 from .searcher import tune_setup
 from .student import FAULT_ENV, train_student
@@ -52,17 +53,22 @@ def locations(storage: str | None = None, tracking_uri: str | None = None) -> Lo
 
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail within seconds, in one sentence, when a tracking server cannot be reached."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).read()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise KdxError(f"--tracking-uri: got {uri!r}; no MLflow tracking server answered there within "
-                           f"{timeout_s:.0f} s ({reason}); start one (mlflow server --host 127.0.0.1 --port 5000) "
-                           "or leave the flag out to use the local SQLite store.") from None
-    elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    """Fail within seconds, in one sentence, when the tracking URI is malformed, cannot be created or
+    does not answer (explorer.cli.check_tracking_uri); then create a fresh SQLite store under a lock."""
+    check_tracking_uri(uri, timeout_s=timeout_s)
+    prepare_tracking(uri)
+
+
+def move_aside(loc: Locations, names: list[str]) -> None:
+    """--fresh: an earlier search's Ray results move to `<name>.before-<time>`, so Tune starts anew."""
+    import pyarrow.fs as pafs
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in names:
+        path = f"{loc.storage.rstrip('/')}/{name}"
+        fs, where = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        if fs.get_file_info(where).type != pafs.FileType.NotFound:
+            fs.move(where, f"{where}.before-{stamp}")
 
 
 # ------------------------------------------------------------------ mlflow parent run
@@ -72,6 +78,7 @@ def parent_run(client: MlflowClient, spec: SearchSpec, spec_text: str, plan: Pla
                resume: bool, loc: Locations) -> tuple[str, str]:
     """(experiment id, parent run id); a resumed search reopens the parent it started with."""
     exp = client.get_experiment_by_name(spec.name)
+    owner = owner_tags()
     # With a SQLite store, artifacts go beside it (MLflow's default is ./mlruns of whoever creates the experiment).
     artifacts = (loc.run_dir / "artifacts").as_uri() if loc.tracking_uri.startswith("sqlite:") else None
     exp_id = exp.experiment_id if exp else client.create_experiment(spec.name, artifact_location=artifacts)
@@ -81,15 +88,19 @@ def parent_run(client: MlflowClient, spec: SearchSpec, spec_text: str, plan: Pla
                                   max_results=1)
         if runs:
             client.update_run(runs[0].info.run_id, status="RUNNING")
+            for k, v in owner.items():
+                client.set_tag(runs[0].info.run_id, k, v)
             return exp_id, runs[0].info.run_id
     run = client.create_run(exp_id, run_name=f"search {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                            tags={ROLE_TAG: ROLE_SEARCH, "kdx.ray_experiment": exp_path, "kdx.spec_name": spec.name})
+                            tags={ROLE_TAG: ROLE_SEARCH, "kdx.ray_experiment": exp_path, "kdx.spec_name": spec.name,
+                                  **owner})
     rid = run.info.run_id
     params = {"dataset": plan.dataset, "student": plan.student, "student_params": plan.student_params,
               "teachers": ",".join(spec.teachers.archs), "teacher_stop_epochs": ",".join(map(str, spec.teachers.stops())),
               "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
               "searched": ",".join(spec.searched_axes()) or "none", "seeds": ",".join(map(str, spec.seeds)),
-              "baseline": spec.baseline, "n_teachers": len(plan.recipes)}
+              "baseline": spec.baseline, "n_teachers": len(plan.recipes),
+              "confirm_seeds": ",".join(map(str, spec.confirm.seeds)), "confirm_cells": ",".join(spec.cell_params())}
     from mlflow.entities import Param
 
     client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
@@ -121,7 +132,7 @@ def search_setup(spec: SearchSpec, num_samples: int | None) -> ExperimentSetup:
     s, scheduler = spec.search, None
     if s.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
-                                  max_t=spec.student.epochs, grace_period=s.asha.grace_period,
+                                  max_t=spec.trial_epochs(), grace_period=s.asha.grace_period,
                                   reduction_factor=s.asha.reduction_factor)
     return ExperimentSetup(KIND_SEARCH, spec.name, space, searcher, n, expected_trials(spec, num_samples), scheduler)
 
@@ -140,6 +151,7 @@ def baseline_setup(spec: SearchSpec) -> ExperimentSetup:
 
 def _fit(setup: ExperimentSetup, spec: SearchSpec, plan: Plan, splits_ref, loc: Locations, exp_id: str,
          parent_id: str, resume: bool, max_concurrent: int | None, out) -> None:
+    """One Tune experiment; Tune's own output is silenced (kdx shows its progress, SearchProgress)."""
     from ray import tune
 
     res, s = spec.resources, spec.search
@@ -148,6 +160,11 @@ def _fit(setup: ExperimentSetup, spec: SearchSpec, plan: Plan, splits_ref, loc: 
         {"cpu": res.trial.cpus, "gpu": res.trial.gpus},
     )
     logger = MlflowTrialLogger(loc.tracking_uri, exp_id, parent_id, plan, setup.kind)
+    progress = SearchProgress(plan, s.metric, s.mode, setup.kind, setup.expected, out=out)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if isinstance(setup.searcher, BasicVariantGenerator):  # Tune ignores max_concurrent_trials for it
+        setup.searcher.max_concurrent = max_concurrent or s.max_concurrent
     path = f"{loc.storage.rstrip('/')}/{setup.name}"
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -156,17 +173,20 @@ def _fit(setup: ExperimentSetup, spec: SearchSpec, plan: Plan, splits_ref, loc: 
             trainable, param_space=setup.space,
             tune_config=tune.TuneConfig(search_alg=setup.searcher, scheduler=setup.scheduler,
                                         num_samples=setup.num_samples,
-                                        max_concurrent_trials=max_concurrent or s.max_concurrent),
+                                        max_concurrent_trials=max_concurrent or s.max_concurrent,
+                                        reuse_actors=s.reuse_actors),
             run_config=tune.RunConfig(
                 name=setup.name, storage_path=loc.storage, verbose=0,
-                callbacks=[logger, ProgressLine(plan, s.metric, s.mode, setup.kind, out=out)],
+                callbacks=[logger, progress],
                 failure_config=tune.FailureConfig(max_failures=res.retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     try:
-        tuner.fit()
+        with quiet_ray_logs():
+            tuner.fit()
     finally:
+        SearchProgress.close_all()  # ours, or the copy a restored Tuner unpickled
         logger.close_open_runs()
 
 
@@ -213,7 +233,12 @@ def run_search(spec: SearchSpec, spec_text: str, *, num_samples: int | None = No
     if dry_run:
         return None
     check_tracking(loc.tracking_uri)  # before anything is built or started
+    fresh = where.pop("fresh", False)
+    exp = open_experiment(MlflowClient(tracking_uri=loc.tracking_uri), spec.name, out)
+    refuse_rerun(MlflowClient(tracking_uri=loc.tracking_uri), exp, spec.name, where.get("resume", False), fresh)
     setups = ([baseline_setup(spec)] if spec.baseline else []) + [search_setup(spec, num_samples)]
+    if fresh:
+        move_aside(loc, [s.name for s in setups])
     return run_experiments(spec, spec_text, plan, loc, setups, out=out, **where)
 
 
@@ -223,8 +248,7 @@ def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations
     """Ray up, MLflow parent run, teachers built or reused, then each experiment in turn."""
     import ray
 
-    from .zoo import build_zoo
-
+    address = check_address(address)  # one sentence within seconds, never a hang in ray.init
     # Ray warns on every checkpoint of a fast trial; kdx checkpoints every epoch on purpose.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0; kdx prints its own progress
@@ -232,39 +256,62 @@ def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env} if env else None)
-    client = MlflowClient(tracking_uri=loc.tracking_uri)
-    exp_path = f"{loc.storage.rstrip('/')}/{spec.name}"
-    exp_id, parent_id = parent_run(client, spec, spec_text, plan, exp_path, resume, loc)
+    try:  # resources no node can give are refused before any run is opened or anything is built
+        res = spec.resources
+        check_cluster_resources([(f"resources.{who}.{r.lower()}s", r, getattr(getattr(res, who), r.lower() + "s"))
+                                 for who in ("trial", "teacher") for r in ("CPU", "GPU")])
+        check_tracking(loc.tracking_uri)
+        client = MlflowClient(tracking_uri=loc.tracking_uri)
+        open_experiment(client, spec.name, out)
+        exp_path = f"{loc.storage.rstrip('/')}/{spec.name}"
+        exp_id, parent_id = parent_run(client, spec, spec_text, plan, exp_path, resume, loc)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
     status = "FAILED"
+    OPEN_RUNS.add(parent_id)
     try:
-        zoo = build_zoo([(plan.recipes[k], plan.stops[k]) for k in plan.recipes], plan.store_root,
-                        cpus_per_teacher=spec.resources.teacher.cpus, gpus_per_teacher=spec.resources.teacher.gpus,
-                        retries=spec.resources.retries, tracking_uri=loc.tracking_uri, experiment=spec.name)
-        for r in zoo:
-            out(f"  teacher {r.label:<28} {r.key}  {r.status}" + (f": {r.error}" if r.error else ""))
-        failed = [r for r in zoo if r.status == "failed"]
-        if failed:
-            raise KdxError(f"teachers: {len(failed)} teacher build(s) failed ({failed[0].label}: {failed[0].error}); "
-                           "fix the cause and run again with --resume.")
-        splits_ref = ray.put(splits)
-        for i, setup in enumerate(setups):
-            _fit(setup, spec, plan, splits_ref, loc, exp_id, parent_id, resume, max_concurrent, out)
-            if summarize(spec, plan, [setup], exp_id, parent_id, loc).interrupted:
-                setups = setups[: i + 1]
-                break  # Ctrl-C: do not start the next experiment
-        outcome = summarize(spec, plan, setups, exp_id, parent_id, loc)
-        status = "KILLED" if outcome.interrupted else "FINISHED"
-        report_outcome(spec, outcome, loc, out, what)
+        with heartbeat(loc.tracking_uri):
+            outcome = _run_all(spec, plan, splits, loc, setups, exp_id, parent_id, resume, max_concurrent, out, what)
+        status = "KILLED" if outcome.interrupted else "FAILED" if outcome.trials.get(FAILED) else "FINISHED"
         return outcome
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        OPEN_RUNS.discard(parent_id)
         client.set_terminated(parent_id, status)
         if started_ray:
             ray.shutdown()
+
+
+def _run_all(spec, plan, splits, loc, setups, exp_id, parent_id, resume, max_concurrent, out, what) -> Outcome:
+    """Teachers, then each experiment in turn (stopping after one that was interrupted); the outcome."""
+    import ray
+
+    from .zoo import build_zoo
+
+    zoo = build_zoo([(plan.recipes[k], plan.stops[k]) for k in plan.recipes], plan.store_root,
+                    cpus_per_teacher=spec.resources.teacher.cpus, gpus_per_teacher=spec.resources.teacher.gpus,
+                    retries=spec.resources.retries, tracking_uri=loc.tracking_uri, experiment=spec.name)
+    for r in zoo:
+        out(f"  teacher {r.label:<28} {r.key}  {r.status}" + (f": {r.error}" if r.error else ""))
+    failed = [r for r in zoo if r.status == "failed"]
+    if failed:
+        raise KdxError(f"teachers: {len(failed)} teacher build(s) failed ({failed[0].label}: {failed[0].error}); "
+                       "fix the cause and run again with --resume.")
+    splits_ref = ray.put(splits)
+    for i, setup in enumerate(setups):
+        _fit(setup, spec, plan, splits_ref, loc, exp_id, parent_id, resume, max_concurrent, out)
+        if summarize(spec, plan, [setup], exp_id, parent_id, loc).interrupted:
+            setups = setups[: i + 1]
+            break  # Ctrl-C: do not start the next experiment
+    outcome = summarize(spec, plan, setups, exp_id, parent_id, loc)
+    report_outcome(spec, outcome, loc, out, what)
+    return outcome
 
 
 def expected_trials(spec: SearchSpec, num_samples: int | None) -> int:
@@ -288,7 +335,8 @@ def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc)
     counts: dict[str, int] = {}
     best, interrupted = None, False
     for setup in setups:
-        trials = ExperimentAnalysis(f"{loc.storage.rstrip('/')}/{setup.name}").trials
+        with quiet_ray_logs():  # an interrupted trial's missing files are counted below, not warned about
+            trials = ExperimentAnalysis(f"{loc.storage.rstrip('/')}/{setup.name}").trials
         missing = setup.expected - len(trials)
         if missing > 0:
             counts["not started"] = counts.get("not started", 0) + missing
@@ -296,9 +344,9 @@ def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc)
         for trial in trials:
             if trial.status in ("PENDING", "RUNNING", "PAUSED"):
                 interrupted = True
-                st = "unfinished"
+                st = INTERRUPTED
             else:
-                st = "failed" if trial.status == "ERROR" else trial_status(trial, plan.epochs)
+                st = FAILED if trial.status == "ERROR" else trial_status(trial, plan.epochs)
             counts[st] = counts.get(st, 0) + 1
             v = (trial.last_result or {}).get(spec.search.metric)
             if setup.kind != KIND_BASELINE and st == COMPLETED and is_better(v, best and best[1], spec.search.mode):
@@ -316,6 +364,9 @@ def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc)
 def report_outcome(spec, outcome: Outcome, loc: Locations, out, what: str = "search") -> None:
     out(f"{what} {spec.name!r} {'INTERRUPTED (continue with --resume)' if outcome.interrupted else 'finished'}: "
         + ", ".join(f"{v} {k}" for k, v in sorted(outcome.trials.items())))
+    if outcome.trials.get(FAILED):
+        out(f"{outcome.trials[FAILED]} trial(s) failed (errored): their MLflow runs are FAILED with the cause in "
+            f"Ray's results; the exit status is 4")
     if outcome.best:
         b = outcome.best
         out(f"best config by {spec.search.metric}: {b['label']}  {spec.search.metric} {b[spec.search.metric]:.4f}  "

@@ -2,8 +2,12 @@
 
 - The data arrives once per trial through Ray's object store (`tune.with_parameters`), never per epoch.
 - The teacher comes from the teacher store, checksum-verified, loaded with `weights_only=True`.
-- Every epoch reports its metrics together with a checkpoint of the full trainer state, so a
-  retried (crashed) or resumed (interrupted) trial continues from its last epoch, not from 0.
+- Every epoch reports its metrics; a checkpoint of the full trainer state goes with the report only
+  where a restart needs one (`checkpoint_epochs`): at every ASHA rung, at the last epoch, and
+  between them at most every `search.checkpoint_seconds`. A retried (crashed) or resumed
+  (interrupted) trial continues from its last checkpoint; the trainer state holds the RNG states,
+  so the epochs it repeats give the same numbers as the first time (the MLflow logger skips the
+  epochs a run already logged).
 - A NaN/inf loss ends the trial at once with `diverged=1` in its last result.
 """
 
@@ -11,12 +15,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import ray
 from ray import tune
 
 from explorer.store import TeacherStore
+from explorer.tracking import KIND_SEARCH
 from explorer.train import Diverged, Trainer, load_state, save_state
 
 from .plan import Plan
@@ -40,6 +46,18 @@ def _maybe_inject_fault(epoch: int) -> None:
         raise RuntimeError(f"injected fault at epoch {epoch} ({FAULT_ENV})")
 
 
+def checkpoint_epochs(epochs: int, asha: tuple[int, float] | None) -> set[int]:
+    """The epochs that always checkpoint: the last one and every ASHA rung (grace_period x
+    reduction_factor^k below the last epoch; `asha` = (grace_period, reduction_factor) or None)."""
+    keep = {epochs}
+    if asha is not None:
+        rung, factor = asha
+        while rung < epochs:
+            keep.add(int(rung))
+            rung *= factor
+    return keep
+
+
 def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
     settings = plan.settings(config, kind)
     teacher = None
@@ -54,12 +72,22 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
             trainer.load_state_dict(load_state(Path(d) / STATE_FILE, trainer.device))
 
     node = ray.get_runtime_context().get_node_id()
+    search = plan.spec.search
+    asha = (search.asha.grace_period, search.asha.reduction_factor) if search.asha and kind == KIND_SEARCH else None
+    keep = checkpoint_epochs(trainer.cfg.epochs, asha)
+    last_saved = time.monotonic()
 
     def report(epoch: int, metrics: dict, tr: Trainer) -> None:
+        nonlocal last_saved
         _maybe_inject_fault(epoch)
+        metrics = metrics | {"diverged": 0.0, "node_id": node}
+        if epoch not in keep and time.monotonic() - last_saved < search.checkpoint_seconds:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as d:
             save_state(tr.state_dict(), Path(d) / STATE_FILE)
-            tune.report(metrics | {"diverged": 0.0, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        last_saved = time.monotonic()
 
     try:
         trainer.run(report)
