@@ -1,10 +1,13 @@
 """Start real servers for tests and stop exactly the processes started, by PID (never by name)."""
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 
@@ -56,3 +59,26 @@ def stop_tree(proc: subprocess.Popen, timeout: float = 30) -> None:
         deadline = time.time() + 5
         while time.time() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_path: Path, wait_s: float = 120):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend under `tmp_path`); yields its URI once
+    /health answers, and stops exactly that process tree afterwards."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield uri
+    finally:
+        stop_tree(server)

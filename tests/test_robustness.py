@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import descendants, free_port, stop_tree
+from procs import descendants, free_port, mlflow_server, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 KDX = [str(Path(sys.executable).with_name("kdx"))]
@@ -242,21 +242,7 @@ def test_the_heartbeat_renews_open_runs_on_a_tracking_server(tmp_path, monkeypat
 
     from trainables import connect
 
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with mlflow_server(tmp_path, wait_s=240) as uri:
         client = MlflowClient(tracking_uri=uri)
         run = client.create_run(client.create_experiment("beat"), tags=connect.owner_tags() | {
             connect.HEARTBEAT_TAG: "1"})
@@ -271,5 +257,3 @@ def test_the_heartbeat_renews_open_runs_on_a_tracking_server(tmp_path, monkeypat
             connect.OPEN_RUNS.discard(run.info.run_id)
         beat = int(client.get_run(run.info.run_id).data.tags[connect.HEARTBEAT_TAG])
         assert time.time() - beat < 60
-    finally:
-        stop_tree(server)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from explorer.tracking import PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
 
-from procs import free_port, stop_tree
+from procs import free_port, mlflow_server, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
@@ -92,6 +92,11 @@ def test_every_trial_is_a_child_run_with_epoch_metrics(searched):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id)]
     assert "spec.yaml" in artifacts
+    # the MLflow UI: the classic ML view, artifacts beside the store, the parent named after the spec
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.artifact_location == (cwd / "kdx_runs" / "artifacts").as_uri()
+    assert parents[0].info.run_name.startswith("tiny search ")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     # the reported best is the completed search trial with the highest final val_acc in MLflow
     done = [r for r in trials if r.data.tags["kdx.kind"] == "search" and r.data.tags[STATUS_TAG] == "completed"]
@@ -223,22 +228,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
 
 
 def test_runs_reach_a_real_mlflow_server(tmp_path):
-    port = free_port()
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with mlflow_server(tmp_path) as uri:
         spec = write_spec(tmp_path / "tiny.yaml", baseline=False, search=TINY["search"] | {"num_samples": 2},
                           teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]})
         proc = kdx(tmp_path, "search", str(spec), "--tracking-uri", uri)
@@ -246,8 +236,6 @@ def test_runs_reach_a_real_mlflow_server(tmp_path):
         _, runs = runs_of(uri, "tiny")
         assert len(by_role(runs, "trial")) == 2 and len(by_role(runs, "teacher")) == 1
         assert not (tmp_path / "kdx_runs" / "mlflow.db").exists()  # nothing went to the local default
-    finally:
-        stop_tree(server)
 
 
 def test_unreachable_tracking_server_is_one_sentence_within_seconds(tmp_path):
@@ -279,6 +267,8 @@ def test_diverging_trials_end_as_diverged_and_the_search_carries_on(tmp_path):
     client, runs = runs_of(f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}", "tiny")
     trials = by_role(runs, "trial")
     assert [r.data.tags[STATUS_TAG] for r in trials] == ["diverged", "diverged"]
+    for r in trials:  # the diverged epoch's report carries no measured val_acc, so none is logged
+        assert not [m for m in client.get_metric_history(r.info.run_id, "val_acc") if m.value == 0.0]
     assert all(r.info.status == "FAILED" for r in trials)
     (state_file,) = glob.glob(str(tmp_path / "kdx_runs" / "ray_results" / "tiny" / "searcher-state-*.pkl"))
     with open(state_file, "rb") as f:
@@ -299,6 +289,7 @@ def test_confirm_then_analyze_on_the_real_search(searched):
     confirm = [r for r in trials if r.data.tags["kdx.kind"] == "confirm"]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": 2 * len(cells) + 2}
     assert len(confirm) == 2 * len(cells) + 2 and all(r.data.tags[STATUS_TAG] == "completed" for r in confirm)
+    assert all(r.info.run_name.startswith("confirm ") for r in confirm)
     # fresh seeds only (the search used 0 and 1), each cell and the baseline with both
     assert sorted(r.data.params["seed"] for r in confirm) == sorted(["100", "101"] * (len(cells) + 1))
     assert sorted(r.data.params["teacher"] for r in confirm).count("none") == 2  # the CE baseline, twice

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from explorer.tracking import (
-    COMPLETED, DIVERGED, EPOCH_METRICS, FAILED, INTERRUPTED, KIND_TAG, PARENT_TAG, PRUNED, ROLE_TAG, ROLE_TRIAL,
+    COMPLETED, DIVERGED, EPOCH_METRICS, FAILED, INTERRUPTED, KIND_CONFIRM, KIND_TAG, PARENT_TAG, PRUNED, ROLE_TAG, ROLE_TRIAL,
     RUNNING, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG, TRIAL_PARAMS, is_better,
 )
 from explorer.tracking import trial_status as _status_of
@@ -39,7 +39,10 @@ def trial_status(trial, epochs: int) -> str:
 
 def logged_metrics(result: dict) -> dict[str, float]:
     """The per-epoch metrics of a result that go to MLflow: `EPOCH_METRICS` and every loss term the
-    method returned (`train_<term>`), finite numbers only."""
+    method returned (`train_<term>`), finite numbers only; none from the report of a diverged epoch,
+    whose val_acc 0 only tells ASHA and the searcher to drop the trial (it was never measured)."""
+    if result.get("diverged"):
+        return {}
     return {k: float(v) for k, v in result.items()
             if (k in EPOCH_METRICS or k.startswith("train_")) and isinstance(v, (int, float))
             and not isinstance(v, bool) and math.isfinite(v)}
@@ -103,7 +106,9 @@ class MlflowTrialLogger(Callback):
             tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: ROLE_TRIAL, TRIAL_ID_TAG: tid,
                     TEACHER_KEY_TAG: settings["teacher_key"], STATUS_TAG: RUNNING, KIND_TAG: self.kind,
                     **owner_tags()}
-            run = self.client.create_run(self.experiment_id, run_name=trial_label(settings), tags=tags)
+            name = trial_label(settings)  # confirm runs say so (the same config was a search run)
+            run = self.client.create_run(self.experiment_id, tags=tags,
+                                         run_name=f"confirm {name}" if self.kind == KIND_CONFIRM else name)
             run_id = run.info.run_id
             # every trial param, and every searched value that is not one (a teacher-recipe field)
             names = TRIAL_PARAMS + tuple(k for k in self.plan.spec.searched_axes() if k not in TRIAL_PARAMS)

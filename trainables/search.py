@@ -11,6 +11,7 @@ ones continue from their last checkpoint, and their MLflow runs are reopened, no
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,11 +78,10 @@ def move_aside(loc: Locations, names: list[str]) -> None:
 def parent_run(client: MlflowClient, spec: SearchSpec, spec_text: str, plan: Plan, exp_path: str,
                resume: bool, loc: Locations) -> tuple[str, str]:
     """(experiment id, parent run id); a resumed search reopens the parent it started with."""
-    exp = client.get_experiment_by_name(spec.name)
+    from .zoo import experiment_id
+
     owner = owner_tags()
-    # With a SQLite store, artifacts go beside it (MLflow's default is ./mlruns of whoever creates the experiment).
-    artifacts = (loc.run_dir / "artifacts").as_uri() if loc.tracking_uri.startswith("sqlite:") else None
-    exp_id = exp.experiment_id if exp else client.create_experiment(spec.name, artifact_location=artifacts)
+    exp_id = experiment_id(client, spec.name, loc.tracking_uri)
     if resume:
         runs = client.search_runs([exp_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}' and "
                                   f"tags.`kdx.ray_experiment` = '{exp_path}'", order_by=["start_time DESC"],
@@ -91,7 +91,7 @@ def parent_run(client: MlflowClient, spec: SearchSpec, spec_text: str, plan: Pla
             for k, v in owner.items():
                 client.set_tag(runs[0].info.run_id, k, v)
             return exp_id, runs[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"search {time.strftime('%Y-%m-%d %H:%M:%S')}",
+    run = client.create_run(exp_id, run_name=f"{spec.name} search {time.strftime('%Y-%m-%d %H:%M')}",
                             tags={ROLE_TAG: ROLE_SEARCH, "kdx.ray_experiment": exp_path, "kdx.spec_name": spec.name,
                                   **owner})
     rid = run.info.run_id
@@ -372,4 +372,5 @@ def report_outcome(spec, outcome: Outcome, loc: Locations, out, what: str = "sea
         out(f"best config by {spec.search.metric}: {b['label']}  {spec.search.metric} {b[spec.search.metric]:.4f}  "
             f"(test_acc {b['test_acc']:.4f}, reported, not used to choose)")
     out(f"results: {loc.storage}/{spec.name}\nteachers: {loc.store_root}")
-    out(f"open the runs: mlflow ui --backend-store-uri {loc.tracking_uri}")
+    mlflow_bin = Path(sys.executable).with_name("mlflow")  # the venv's, wherever kdx was started from
+    out(f"open the runs: {mlflow_bin if mlflow_bin.exists() else 'mlflow'} ui --backend-store-uri {loc.tracking_uri}")

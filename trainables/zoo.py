@@ -32,6 +32,7 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -46,6 +47,8 @@ from .locks import store_lock
 __all__ = ["ZooResult", "build_zoo", "default_store_root", "flatten"]
 
 log = logging.getLogger("kdx.zoo")
+# MLflow 3 opens an experiment with this tag in the classic ML view (runs table), not the GenAI view.
+CLASSIC_VIEW = {"mlflow.experimentKind": "custom_model_development"}
 
 DEFAULT_TEACHER_EXPERIMENT = "kdx_teachers"
 BUILT, REUSED, FAILED = "built", "reused", "failed"
@@ -230,7 +233,7 @@ class _TeacherRuns:
 
         prepare_tracking(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = _experiment_id(self.client, experiment)
+        self.experiment_id = experiment_id(self.client, experiment, tracking_uri)
         close_orphaned_runs(self.client, self.experiment_id, log.warning)
 
     def write(self, recipe: TeacherRecipe, stop_epochs: list[int], out: dict) -> None:
@@ -266,8 +269,10 @@ class _TeacherRuns:
                     self.client.set_terminated(run_id, "FAILED")
 
 
-def _experiment_id(client, name: str) -> str:
-    """Get or create the experiment once, in the driver."""
+def experiment_id(client, name: str, tracking_uri: str) -> str:
+    """Get or create the experiment (races with another process are fine). A new one opens in
+    MLflow 3's classic ML view (`CLASSIC_VIEW`), and with a SQLite store keeps its artifacts beside
+    the store file, never in the current directory (a server decides for itself)."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
@@ -275,7 +280,10 @@ def _experiment_id(client, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
+    artifacts = None
+    if tracking_uri.startswith("sqlite:///"):
+        artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifacts, tags=CLASSIC_VIEW)
     except MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
