@@ -5,7 +5,9 @@ their epochs in turns (round-robin), so load from other processes falls on every
 the fastest epoch is reported (`epoch_seconds`: the training pass only, evaluation excluded; the minimum,
 as timeit does, because a shared host only ever adds time) after one warm-up epoch. Feature methods run the teacher on every batch with forward hooks on both models; `kd`
 on unaugmented data (mnist1d) reads the teacher's logits from a once-per-run cache instead, so it costs
-about what CE costs there. Two-stage methods are timed per stage ("init": the stage-1 loss alone;
+about what CE costs there. `bss` runs its boundary attack (10 teacher forward and backward passes on up to
+32 samples per batch; the teacher is trained for 2 epochs first, since only samples it gets right are
+attacked) and `uda` runs student and teacher again on a RandAugment view (n/a on 1-D data). Two-stage methods are timed per stage ("init": the stage-1 loss alone;
 "main": Hinton KD, with the features still tapped). A method that does not fit a family is shown as n/a.
 
     .venv/bin/python benchmarks/method_speed.py [--quick] [--device cpu] [--threads 1] [--json]
@@ -23,7 +25,6 @@ import torch
 
 from explorer.data import DataSpec, load_splits
 from explorer.errors import KdxError
-from explorer.models import build_model
 from explorer.train import TrainConfig, Trainer
 
 SETTINGS = {
@@ -31,20 +32,27 @@ SETTINGS = {
     "mnist1d cnn1d_w64 -> cnn1d_w4": ("mnist1d", "cnn1d_w64", "cnn1d_w4", 128),
     "fake 3x16x16 (crop+flip) resnet20 -> resnet8": ("fake", "resnet20", "resnet8", 128),
 }
-METHODS = ["ce", "kd", "at", "sp", "rkd_d", "rkd_a", "rkd_da", "sfd", "oh", "fitnet", "fsp", "ab"]
+METHODS = ["ce", "kd", "bss", "uda", "at", "sp", "rkd_d", "rkd_a", "rkd_da", "sfd", "oh", "fitnet", "fsp", "ab"]
 TWO_STAGE = {"fitnet", "fsp", "ab"}
+# bss attacks only in the first 3/4 of training (its weight is 0 afterwards): its trainer is told of a long
+# run so that every measured epoch attacks, which is the cost a real bss run pays for most of its epochs.
+LONG_RUN = {"bss": 1000}
+TEACHER_EPOCHS = 2  # a briefly trained teacher: bss attacks only samples the teacher gets right
 
 
 def trainers(splits, t_arch, s_arch, batch, rounds, device) -> dict[str, Trainer | str]:
     torch.manual_seed(0)
-    teacher = build_model(t_arch, splits.num_classes, splits.input_shape)
+    teacher = Trainer(TrainConfig(t_arch, epochs=TEACHER_EPOCHS, batch_size=batch, seed=0), splits, device)
+    teacher.run()
+    teacher = teacher.model
     out: dict[str, Trainer | str] = {}
     for name in METHODS:
         stages = [("init", rounds), ("main", 0)] if name in TWO_STAGE else [("", None)]
         for stage, init in stages:
             label = f"{name} ({stage})" if stage else name
             params = {} if init is None else {"init_epochs": init}
-            cfg = TrainConfig(s_arch, epochs=rounds, batch_size=batch, seed=0, method=name, method_params=params)
+            cfg = TrainConfig(s_arch, epochs=LONG_RUN.get(name, rounds), batch_size=batch, seed=0, method=name,
+                              method_params=params)
             try:
                 out[label] = Trainer(cfg, splits, device, teacher=None if name == "ce" else teacher)
             except KdxError as e:

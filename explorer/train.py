@@ -251,7 +251,10 @@ class Trainer:
             with _autocast(self.device):
                 logits = self.model(xb)
             feats = self.student_tap.features if self.student_tap is not None else None
-            terms = loss_terms(LossInputs(logits, yb, epoch, t_logits, feats, t_feats, self.modules), hp)
+            inputs = LossInputs(logits, yb, epoch, t_logits, feats, t_feats, self.modules, x=xb,
+                                run_student=self._run_student, run_teacher=self._run_teacher if use_teacher else None,
+                                generator=self.generator, epochs=self.cfg.epochs)
+            terms = loss_terms(inputs, hp)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -286,6 +289,16 @@ class Trainer:
         self.epoch = epoch
         self.history.append(metrics)
         return metrics
+
+    def _run_student(self, x: Tensor) -> Tensor:
+        """An extra train-mode forward of the student (a method's second view or attacked samples)."""
+        with _autocast(self.device):
+            return self.model(x)
+
+    def _run_teacher(self, x: Tensor) -> Tensor:
+        """The teacher's logits for `x` (eval mode, frozen weights, float32), differentiable in `x`."""
+        with _autocast(self.device):
+            return self.teacher(x).float()
 
     def _eval_metrics(self) -> dict:
         s = self.splits

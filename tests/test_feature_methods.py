@@ -22,7 +22,7 @@ from explorer.models import build_model
 from explorer.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-NEW = ["at", "sp", "rkd_d", "rkd_a", "rkd_da", "fitnet", "fsp", "sfd", "ab", "oh"]
+NEW = ["at", "sp", "rkd_d", "rkd_a", "rkd_da", "fitnet", "fsp", "sfd", "ab", "oh", "bss", "uda"]
 rng = np.random.default_rng(12)
 
 
@@ -288,6 +288,8 @@ def test_feature_layers_and_connectors_per_family(student, teacher, input_shape)
     s_roles, t_roles = role_features(student, input_shape), role_features(teacher, input_shape)
     for name in NEW:
         m = get_method(name)
+        if not m.needs_features:  # bss, uda: logits only
+            continue
         problem = m.arch_problem(student)
         if problem:
             assert name == "fsp" and student.startswith("cnn1d")  # the only refusal among these pairs
@@ -373,9 +375,10 @@ def fake():
 
 
 RUNS = {"at": {"beta": 10.0}, "sp": {}, "rkd_d": {}, "rkd_a": {}, "rkd_da": {}, "fitnet": {"init_epochs": 1},
-        "fsp": {"init_epochs": 1}, "sfd": {}, "ab": {"init_epochs": 1}, "oh": {}}
+        "fsp": {"init_epochs": 1}, "sfd": {}, "ab": {"init_epochs": 1}, "oh": {}, "bss": {}, "uda": {}}
 TERMS = {"at": {"at"}, "sp": {"sp"}, "rkd_d": {"rkd_d"}, "rkd_a": {"rkd_a"}, "rkd_da": {"rkd_d", "rkd_a"},
-         "fitnet": {"hint", "kd"}, "fsp": {"fsp", "kd"}, "sfd": {"sfd"}, "ab": {"ab", "kd"}, "oh": {"oh"}}
+         "fitnet": {"hint", "kd"}, "fsp": {"fsp", "kd"}, "sfd": {"sfd"}, "ab": {"ab", "kd"}, "oh": {"oh"},
+         "bss": {"ce", "kd", "bss"}, "uda": {"ce", "kd", "ce_ra", "kd_ra"}}
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -443,11 +446,14 @@ def test_kdx_methods_lists_the_new_methods(capsys):
                 "rkd_a": {"lambda_a": 50.0}, "rkd_da": {"lambda_d": 25.0, "lambda_a": 50.0},
                 "fitnet": {"alpha": 0.9, "temperature": 4.0, "init_epochs": 100, "init_lr": 0.001},
                 "fsp": {"alpha": 0.9, "temperature": 4.0, "init_epochs": 100, "init_lr": 0.001}}
+    expected["bss"] = {"temperature": 4.0, "attack_size": 32, "attack_steps": 10, "attack_step": 0.3}
     for name, defaults in expected.items():
         assert {h["name"]: h["default"] for h in rows[name]["hparams"]} == defaults
         assert "seed 000 table I" in rows[name]["source"]
     seed001 = {"sfd": {"sfd_weight": 1.0}, "oh": {"oh_weight": 0.001},
-               "ab": {"temperature": 5.0, "alpha": 0.5, "init_epochs": 120, "init_lr": 0.1, "ab_weight": 0.003}}
+               "ab": {"temperature": 5.0, "alpha": 0.5, "init_epochs": 120, "init_lr": 0.1, "ab_weight": 0.003},
+               "uda": {"temperature": 4.0, "alpha": 0.9, "kd_stop_epoch": None, "teacher_temperature": None,
+                       "ra_ops": 2, "ra_magnitude": 9.0}}
     for name, defaults in seed001.items():
         assert {h["name"]: h["default"] for h in rows[name]["hparams"]} == defaults
         assert "seed 001 section" in rows[name]["source"]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import KdxError, bad_value
@@ -87,6 +89,14 @@ class LossInputs:
     student_features: list[Tensor] | None = None
     teacher_features: list[Tensor] | None = None
     modules: nn.Module | None = None  # what `build_modules` returned
+    # For methods that need more than one forward per batch (uda's second view, bss's attack):
+    x: Tensor | None = None  # the batch the student saw (after the dataset's own augmentation)
+    run_student: Callable[[Tensor], Tensor] | None = None  # the student's train-mode forward -> logits
+    # the teacher's eval-mode forward -> float32 logits; differentiable with respect to its input
+    # (the teacher's weights stay frozen); wrap it in torch.no_grad() when no input gradient is needed
+    run_teacher: Callable[[Tensor], Tensor] | None = None
+    generator: torch.Generator | None = None  # the run's generator (on the batch's device)
+    epochs: int | None = None  # epochs of the main stage (for schedules over training, bss)
 
 
 # Which teachers a method accepts: "plain" (trained with CE), "distilled" (itself distilled: a chain
