@@ -4,9 +4,11 @@ only this package (models, datasets, train, methods).
 `trainables` and `analysis` register their own commands into the same registry; the thin `kdx`
 package (kdx/cli.py) imports all three and runs the parser, so `explorer` never imports them.
 Flags are derived from the one definition of each concept: recipe flags from `Recipe`'s fields,
-data flags from the spec's `dataset` section, method flags from the method registry.
+data flags from the spec's `dataset` section, method flags from the method registry; their rows come
+from explorer/flags.py, so a parser is built (and a flag error refused) before torch is imported.
 
-Every user-input problem is a `KdxError`, printed as one line (`kdx: error: ...`), exit code 2.
+Every user-input problem is a `KdxError`, printed as one line (`kdx: error: ...`), exit code 2; so is
+an argument error (argparse's message, with where to find the command's help instead of its usage).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import KdxError, bad_value
+from .flags import TYPES, add_field_arguments, flag_rows, int_list  # noqa: F401 (int_list: for the commands)
 
 
 @dataclass
@@ -46,60 +49,29 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 # ------------------------------------------------------------------ argument helpers
 
 
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: comma-separated whole numbers") from None
-
-
 def str_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _flag_type(annotation, default):
-    """argparse type of a pydantic field: int, float, str, bool (a switch) or a list of ints."""
-    text = str(annotation)
-    if "tuple[int" in text or "list[int" in text:
-        return int_list
-    for t in (bool, int, float):
-        if annotation in (t, t | None) or isinstance(default, t):
-            return t
-    return str
-
-
-def add_model_arguments(group, model, prefix: str = "", skip: tuple[str, ...] = (), overrides: dict | None = None):
-    """One flag per field of the pydantic `model` (`--<prefix><field>`), its default and help from the field."""
-    for name, f in model.model_fields.items():
-        if name in skip:
-            continue
-        default = (overrides or {}).get(name, f.default)
-        typ = _flag_type(f.annotation, default)
-        flag = f"--{prefix}{name.replace('_', '-')}"
-        if typ is bool:
-            group.add_argument(flag, action="store_true", help=f.description)
-        else:
-            shown = list(default) if isinstance(default, tuple) else default
-            group.add_argument(flag, type=typ, default=shown, help=f"{f.description or name} (default {shown})")
-
-
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The data flags: the spec's `dataset:` fields (`--dataset` is its `name`)."""
-    from .data import DatasetSection
-
+    rows = flag_rows()["dataset"]
+    name = next(r for r in rows if r["name"] == "name")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=DatasetSection.model_fields["name"].default,
-                   help=DatasetSection.model_fields["name"].description)
-    add_model_arguments(g, DatasetSection, skip=("name",))
+    g.add_argument("--dataset", default=name["default"], help=name["help"])
+    add_field_arguments(g, rows, skip=("name",))
 
 
 def data_spec_from_args(args: argparse.Namespace):
-    """The data flags are named like a spec's `dataset:` fields and checked the same way."""
+    """The data flags are named like a spec's `dataset:` fields and checked the same way (the data of an
+    on-disk dataset included: there, or to be downloaded there)."""
     from .data import DatasetSection, parse_dataset
-
+    from .datasets import check_data_present
 
     fields = {f: getattr(args, f) for f in DatasetSection.model_fields if f != "name"}
-    return parse_dataset({"name": args.dataset} | fields)
+    spec = parse_dataset({"name": args.dataset} | fields)
+    check_data_present(spec)
+    return spec
 
 
 TRACKING_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
@@ -141,7 +113,15 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri", timeout_s: float 
 # Flags that reach outside (a cluster, a tracking store) are checked the same way for every command that
 # has them, before the command runs: argparse dest -> check(value) returning the value to use, raising
 # KdxError. The `kdx` package adds the cluster-address check (trainables), explorer knows no cluster.
-FLAG_CHECKS: dict[str, Callable[[str], object]] = {"tracking_uri": check_tracking_uri}
+def check_spec_path(path: str) -> str:
+    """The SPEC argument (validate, search, generations): a file that exists, checked before any import."""
+    from .spec_file import check_spec_path as check
+
+    check(path)
+    return path
+
+
+FLAG_CHECKS: dict[str, Callable[[str], object]] = {"spec": check_spec_path, "tracking_uri": check_tracking_uri}
 
 
 def print_json(obj) -> None:
@@ -204,9 +184,8 @@ def cmd_datasets(args):
 
 def add_recipe_arguments(p: argparse.ArgumentParser, prefix: str = "", overrides: dict | None = None) -> None:
     """Optimiser/schedule flags from `Recipe`'s fields; `prefix` = 'teacher-' gives the teacher's own."""
-    from .config import Recipe
-
-    add_model_arguments(p.add_argument_group(f"{prefix or 'student '}recipe"), Recipe, prefix, overrides=overrides)
+    add_field_arguments(p.add_argument_group(f"{prefix or 'student '}recipe"), flag_rows()["recipe"], prefix,
+                        overrides=overrides)
 
 
 def recipe_from_args(args, prefix: str, arch: str, seed: int, method: str = "ce", method_params=None):
@@ -218,14 +197,10 @@ def recipe_from_args(args, prefix: str, arch: str, seed: int, method: str = "ce"
 
 def add_hparam_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per method hyperparameter of the registry, with each method's default in the help."""
-    from .methods import hparam_declarations, hparam_names
-
     g = p.add_argument_group("method hyperparameters (default: the method's own, see `kdx methods`)")
-    for name in hparam_names():
-        decls = hparam_declarations(name)
-        defaults = ", ".join(f"{m.name} {h.default}" for m, h in decls)
-        g.add_argument(f"--{name.replace('_', '-')}", type=int if decls[0][1].integer else float, default=None,
-                       help=f"{decls[0][1].help} (defaults: {defaults})")
+    for row in flag_rows()["hparams"]:
+        text = f"{row['help']} (defaults: {row['defaults']})".replace("%", "%%")
+        g.add_argument(f"--{row['name'].replace('_', '-')}", type=TYPES[row["type"]], default=None, help=text)
 
 
 def _methods_args(p):
@@ -259,12 +234,37 @@ def cmd_methods(args):
 # ------------------------------------------------------------------ the parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an argument error as one line like every other refusal: `kdx: error: ...`, and where
+    the command's help is instead of its (long) usage; exit status 2 as argparse's."""
+
+    def error(self, message):
+        refuse(self.prog, message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if not hasattr(namespace, "_prog"):  # the innermost (sub)command's parser returns first
+            namespace._prog = self.prog
+        return namespace, extra
+
+
+def refuse(prog: str, message: str):
+    """An argument error of the (sub)command `prog` ('kdx teachers build'): one line, exit status 2."""
+    import sys
+
+    where = prog.removeprefix("kdx").strip()
+    print(f"kdx: error: {where + ': ' if where else ''}{message.rstrip('.')}; see `{prog} --help`.",
+          file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every registered command (`kdx/cli.py` registers the other layers' first), or of
     the command `only` (its flags alone are built: a flag error never waits for other commands' imports)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="kdx", description="Explore knowledge-distillation hyperparameters "
+    parser = _Parser(prog="kdx", description="Explore knowledge-distillation hyperparameters "
                                      "and the teacher-student capacity gap.")
     parser.add_argument("--version", action="version", version=f"kdx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -283,7 +283,10 @@ def run(argv: list[str] | None = None, only: str | None = None) -> int:
     print one line and return 2."""
     import sys
 
-    args = build_parser(only).parse_args(argv)
+    parser = build_parser(only)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named after the command they were given to, not after `kdx`
+        refuse(args._prog, f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args._check is not None:  # the command's own flags first: cheap, and about the command line alone
             args._check(args)

@@ -8,20 +8,18 @@ for every dataset, so adding one is a single decorated function here, with no li
   (5000 samples, 80/20 train/test, length 40, seed 42; 10,000 or 20,000 samples), cached as .npz.
 * `digits`: scikit-learn's bundled 8x8 digits with a FIXED stratified 20 % test split (seed 0,
   independent of split_seed), since it has no official one.
-* `cifar10` / `cifar100`: the extracted python-version archive in `data_dir`, read with a restricted
-  unpickler that cannot run code; the structure (shapes, dtype, label range) is checked instead of
-  md5 sums, so a small locally made dataset in the same format loads too. `download=True` fetches
-  the archive with torchvision (md5-checked) only when files are missing.
+* `cifar10` / `cifar100`: the extracted python-version archive in `data_dir` (explorer/cifar.py,
+  registered the same way, from its own module).
 * `fake`: small synthetic images with learnable class structure, for tests.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import os
-import pickle
 import random
 import warnings
 from dataclasses import dataclass
@@ -33,13 +31,13 @@ import torch
 from torch import Tensor
 
 from .augment import AUGMENTATIONS
-from .errors import KdxError, bad_value
+from .errors import KdxError
 from .storage import Storage
 
 if TYPE_CHECKING:  # only for annotations: explorer.data imports this module, not the reverse
     from .data import DataSpec
 
-__all__ = ["DatasetInfo", "DATASETS", "register_dataset", "dataset_names", "cache_dir"]
+__all__ = ["DatasetInfo", "DATASETS", "register_dataset", "dataset_names", "cache_dir", "check_data_present"]
 
 # ----------------------------------------------------------------------------- registry
 Loader = Callable[["DataSpec"], tuple[Tensor, Tensor, Tensor, Tensor]]
@@ -53,29 +51,44 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     augment: str
     loader: Loader  # spec -> (train_x, train_y, test_x, test_y): CPU, float32 normalised, int64 labels
+    # on-disk datasets: spec -> None or KdxError naming the field (`data_dir: ...`), the data present (or
+    # to be downloaded) checked without loading it; the spec and the flags are checked with it before compute
+    check: Callable[["DataSpec"], None] | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(name: str, description: str, num_classes: int, input_shape: tuple[int, ...],
-                     augment: str = "none") -> Callable[[Loader], Loader]:
-    """Decorator: register `loader` as dataset `name` (its class count, per-sample input shape and
-    the augmentation the training loop applies, one of `AUGMENTATIONS`). A name registers once, so
-    a plugin can never silently replace another."""
+                     augment: str = "none", check: Callable[["DataSpec"], None] | None = None
+                     ) -> Callable[[Loader], Loader]:
+    """Decorator: register `loader` as dataset `name` (its class count, per-sample input shape, the
+    augmentation the training loop applies, one of `AUGMENTATIONS`, and for data read from disk the
+    `check` that it is there). A name registers once, so a plugin can never silently replace another."""
     if name in DATASETS:
         raise ValueError(f"dataset {name!r} is already registered ({DATASETS[name].description}).")
     if augment not in AUGMENTATIONS:
         raise ValueError(f"dataset {name!r}: augment {augment!r} is not one of {', '.join(AUGMENTATIONS)}.")
 
     def register(loader: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, description, int(num_classes), tuple(input_shape), augment, loader)
+        DATASETS[name] = DatasetInfo(name, description, int(num_classes), tuple(input_shape), augment, loader, check)
         return loader
     return register
 
 
 def dataset_names() -> list[str]:
     return sorted(DATASETS)
+
+
+def check_data_present(spec: DataSpec) -> None:
+    """The data of an on-disk dataset is where `spec` says, or is to be downloaded there: checked
+    without loading it, before any compute; KdxError naming `dataset.<field>`."""
+    info = DATASETS.get(spec.dataset)
+    if info is not None and info.check is not None:
+        try:
+            info.check(spec)
+        except KdxError as e:
+            raise KdxError(f"dataset.{e}") from None
 
 
 def cache_dir(spec: DataSpec | None = None) -> Path:
@@ -224,149 +237,7 @@ def _load_digits(spec: DataSpec):
 
 
 # ----------------------------------------------------------------------------- CIFAR
-@dataclass(frozen=True)
-class _CifarFormat:
-    title: str
-    folder: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    label_key: str
-    num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    tv_class: str
-
-
-_CIFAR = {
-    "cifar10": _CifarFormat("CIFAR-10", "cifar-10-batches-py",
-                            tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels", 10,
-                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10"),
-    "cifar100": _CifarFormat("CIFAR-100", "cifar-100-python", ("train",), ("test",), "fine_labels", 100,
-                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and numpy arrays: a CIFAR batch file cannot run code."""
-
-    def find_class(self, module, name):
-        try:
-            from numpy._core import multiarray
-        except ImportError:  # numpy < 2
-            from numpy.core import multiarray
-        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                   ("_codecs", "encode"): _codecs_encode}
-        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            allowed[(mod, "_reconstruct")] = multiarray._reconstruct
-            if getattr(multiarray, "scalar", None) is not None:
-                allowed[(mod, "scalar")] = multiarray.scalar
-        try:
-            return allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
-def _codecs_encode(obj, encoding="utf-8", errors="strict"):
-    """What protocol-2 pickles of `bytes` call: only the latin1 round trip is allowed."""
-    import codecs
-    if encoding not in ("latin1", "latin-1") or not isinstance(obj, str):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
-    return codecs.encode(obj, encoding, errors)
-
-
-def _read_cifar_file(path: Path, fmt: _CifarFormat, dir_hint: str) -> tuple[np.ndarray, np.ndarray]:
-    def corrupt(why: str) -> KdxError:
-        why = " ".join(why.split())
-        return KdxError(f"data_dir: the {fmt.title} file {str(path)!r} is unreadable ({why}); "
-                        f"replace {dir_hint} with a fresh copy of the extracted python-version archive "
-                        f"(or delete it and pass --download).")
-
-    try:
-        with open(path, "rb") as f:
-            entry = _RestrictedUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
-    except OSError as e:
-        raise corrupt(e.strerror or type(e).__name__) from None
-    except Exception as e:  # UnpicklingError, EOFError, ValueError, ...
-        raise corrupt(f"{type(e).__name__}: {e}") from None
-    if not isinstance(entry, dict):
-        raise corrupt("not a dict of arrays")
-    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    if "data" not in entry or fmt.label_key not in entry:
-        raise corrupt(f"missing the 'data' or '{fmt.label_key}' entry")
-    data = entry["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise corrupt("'data' is not a uint8 array of shape (N, 3072)")
-    try:
-        labels = np.asarray(entry[fmt.label_key], dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise corrupt(f"'{fmt.label_key}' is not a list of integers") from None
-    if len(labels) != len(data):
-        raise corrupt(f"{len(data)} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() >= fmt.num_classes):
-        raise corrupt(f"labels outside [0, {fmt.num_classes})")
-    return data, labels
-
-
-def _cifar_missing(root: Path, fmt: _CifarFormat) -> list[str]:
-    base = root / fmt.folder
-    return [n for n in fmt.train_files + fmt.test_files if not (base / n).is_file()]
-
-
-def _download_cifar(root: Path, fmt: _CifarFormat) -> None:
-    import torchvision.datasets as tvd
-
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        # Downloads and extracts the archive (md5-checked), then loads the small test set once.
-        getattr(tvd, fmt.tv_class)(root=str(root), train=False, download=True)
-    except (RuntimeError, OSError, ValueError) as e:  # URLError is an OSError
-        raise KdxError(f"download: could not fetch {fmt.title} into {str(root)!r} ({type(e).__name__}: {e}); "
-                       f"check the network, or copy the extracted python-version archive there "
-                       f"and run without --download.") from None
-
-
-def _cifar_loader(key: str) -> Loader:
-    fmt = _CIFAR[key]
-
-    def load(spec: DataSpec):
-        if not spec.data_dir:
-            raise bad_value("data_dir", spec.data_dir,
-                            f"{key} needs a directory that holds {fmt.folder}/ (pass --data-dir, "
-                            f"and --download to fetch the data)")
-        root = Path(spec.data_dir).expanduser()
-        missing = _cifar_missing(root, fmt)
-        if missing and spec.download:
-            _download_cifar(root, fmt)
-            missing = _cifar_missing(root, fmt)
-        if missing:
-            if len(missing) == len(fmt.train_files) + len(fmt.test_files):
-                raise KdxError(f"data_dir: no {fmt.title} data found at {str(root)!r} (expected {fmt.folder}/); "
-                               f"pass --download to fetch it, or copy the extracted python-version archive there.")
-            raise KdxError(f"data_dir: the {fmt.title} data at {str(root / fmt.folder)!r} is incomplete "
-                           f"(missing {', '.join(missing)}); pass --download to fetch it again, or copy the "
-                           f"extracted python-version archive there.")
-        hint = repr(str(root / fmt.folder))
-        mean = torch.tensor(fmt.mean).view(1, 3, 1, 1)
-        std = torch.tensor(fmt.std).view(1, 3, 1, 1)
-
-        def read(files):
-            parts = [_read_cifar_file(root / fmt.folder / n, fmt, hint) for n in files]
-            data = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-            labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-            # Row layout: 1024 red, 1024 green, 1024 blue values, each a row-major 32x32 image.
-            x = torch.from_numpy(data).view(-1, 3, 32, 32).to(torch.float32).div_(255.0)
-            return normalise_(x, mean, std), torch.from_numpy(labels)
-
-        train_x, train_y = read(fmt.train_files)
-        test_x, test_y = read(fmt.test_files)
-        return train_x, train_y, test_x, test_y
-
-    return load
-
-
-for _key, _fmt in _CIFAR.items():
-    register_dataset(_key, f"{_fmt.title} from data_dir ({_fmt.folder}/)", _fmt.num_classes, (3, 32, 32),
-                     "crop_flip")(_cifar_loader(_key))
+importlib.import_module(".cifar", __package__)  # registers cifar10 and cifar100 (explorer/cifar.py)
 
 
 # ----------------------------------------------------------------------------- fake

@@ -20,15 +20,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, create_model, field_validator
 
 from .axes import Axis, as_axis, check_points, param_name, section_axes, set_path
 from .config import Recipe, Seed, Strict, TrainConfig
 from .data import DatasetSection, DataSpec
+from .datasets import check_data_present
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
+from .spec_file import read_spec_file
 from .spec_sections import ConfirmSection, ResourcesSection, SearchSection
 from .teachers import parse_teacher, teacher_chains, teacher_kind
 
@@ -167,9 +168,11 @@ class SearchSpec(Strict):
 
     def check(self) -> "SearchSpec":
         """Checks that need several sections; raises KdxError."""
-        if self.dataset.data_spec().val_fraction == 0:  # a search rule, on top of the field's own check
+        data = self.dataset.data_spec()
+        if data.val_fraction == 0:  # a search rule, on top of the field's own check
             raise KdxError("dataset.val_fraction: got 0; allowed: a number in (0, 1) for a search, which chooses "
                            "configs on the validation split, never on test.")
+        check_data_present(data)  # data read from disk: here (the driver), or to be downloaded here
         algo = self.search.algorithm
         for where, axis in self.value_axes().items():
             if axis.kind in ("uniform", "loguniform") and where == "distill.method":
@@ -353,37 +356,7 @@ def parse_spec(data: Any, source: str = "spec") -> SearchSpec:
     return build(base)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_spec(path: str | Path) -> tuple[SearchSpec, str]:
     """Read, parse and check a spec file; returns (spec, the file's text) for attaching to MLflow."""
-    path = Path(path)
-    if path.is_dir():
-        raise KdxError(f"SPEC: got {str(path)!r}, a directory; allowed: a spec file in it, e.g. "
-                       f"{str(path / 'quickstart.yaml')!r}.")
-    if not path.is_file():
-        raise KdxError(f"SPEC: got {str(path)!r}; no such file (specs live in searches/, e.g. searches/quickstart.yaml).")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise KdxError(f"SPEC: {str(path)!r} is not UTF-8 text (byte {e.start}); allowed: a UTF-8 YAML file.") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "syntax"
-        raise KdxError(f"SPEC: {str(path)!r} is not valid YAML{where} ({problem}); fix it.") from None
+    data, text = read_spec_file(path)
     return parse_spec(data, str(path)), text

@@ -9,7 +9,6 @@ import yaml
 
 from explorer.cli import command, print_json
 from explorer.errors import KdxError
-from explorer.spec import parse_spec
 
 
 def _confirm_args(p):
@@ -26,6 +25,7 @@ def cmd_confirm(args):
     from mlflow.tracking import MlflowClient
 
     from analysis.runs import find_parent_run, load_trials
+    from explorer.spec import parse_spec
     from analysis.configs import cell_configs
     from trainables.confirm import run_confirm
     from trainables.search import check_tracking, locations

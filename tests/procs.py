@@ -64,12 +64,14 @@ def stop_tree(proc: subprocess.Popen, timeout: float = 30) -> None:
 @contextlib.contextmanager
 def mlflow_server(tmp_path: Path, wait_s: float = 120):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend under `tmp_path`); yields its URI once
-    /health answers, and stops exactly that process tree afterwards."""
+    /health answers, and stops exactly that process tree afterwards. Without MLflow's job runner (seven
+    more processes, for GenAI jobs that no test uses)."""
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                                "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                                "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + wait_s

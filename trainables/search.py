@@ -32,6 +32,7 @@ from .connect import (OPEN_RUNS, check_address, check_cluster_resources, heartbe
                       prepare_tracking, quiet_ray_logs, refuse_rerun)
 from .plan import Plan, make_plan, trial_label
 from .searcher import tune_setup
+from .zoo import classic_page
 from .student import FAULT_ENV, train_student
 
 
@@ -372,5 +373,12 @@ def report_outcome(spec, outcome: Outcome, loc: Locations, out, what: str = "sea
         out(f"best config by {spec.search.metric}: {b['label']}  {spec.search.metric} {b[spec.search.metric]:.4f}  "
             f"(test_acc {b['test_acc']:.4f}, reported, not used to choose)")
     out(f"results: {loc.storage}/{spec.name}\nteachers: {loc.store_root}")
+    # MLflow 3.17's UI picks its GenAI or classic (model training) view from the page address, not from
+    # the experiment's tag: the printed address asks for the classic runs table.
+    page = classic_page(outcome.experiment_id)
+    if loc.tracking_uri.startswith(("http://", "https://")):
+        out(f"open the runs: {loc.tracking_uri.rstrip('/')}/{page}")
+        return
     mlflow_bin = Path(sys.executable).with_name("mlflow")  # the venv's, wherever kdx was started from
-    out(f"open the runs: {mlflow_bin if mlflow_bin.exists() else 'mlflow'} ui --backend-store-uri {loc.tracking_uri}")
+    out(f"open the runs: {mlflow_bin if mlflow_bin.exists() else 'mlflow'} ui --backend-store-uri {loc.tracking_uri}"
+        f"\n  then http://127.0.0.1:5000/{page}")

@@ -47,8 +47,14 @@ from .locks import store_lock
 __all__ = ["ZooResult", "build_zoo", "default_store_root", "flatten"]
 
 log = logging.getLogger("kdx.zoo")
-# MLflow 3 opens an experiment with this tag in the classic ML view (runs table), not the GenAI view.
+# The experiment kind MLflow 3 records for classic ML (runs table) experiments. MLflow 3.17's UI picks its
+# view from the page address instead (`?workflowType=machine_learning`, printed by `kdx search`).
 CLASSIC_VIEW = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def classic_page(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI address (after the server's root) of an experiment, or one of its runs, in the classic view."""
+    return f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + "?workflowType=machine_learning"
 
 DEFAULT_TEACHER_EXPERIMENT = "kdx_teachers"
 BUILT, REUSED, FAILED = "built", "reused", "failed"
@@ -270,8 +276,8 @@ class _TeacherRuns:
 
 
 def experiment_id(client, name: str, tracking_uri: str) -> str:
-    """Get or create the experiment (races with another process are fine). A new one opens in
-    MLflow 3's classic ML view (`CLASSIC_VIEW`), and with a SQLite store keeps its artifacts beside
+    """Get or create the experiment (races with another process are fine). A new one is tagged as a
+    classic ML experiment (`CLASSIC_VIEW`), and with a SQLite store keeps its artifacts beside
     the store file, never in the current directory (a server decides for itself)."""
     from mlflow.exceptions import MlflowException
 
