@@ -21,6 +21,7 @@ from . import sweetspot as ss
 from .cells import confirmed_cells
 from .plots import (PLOTS, plot_capacity, plot_confirmed, plot_diag, plot_forest, plot_stop,  # noqa: F401 (PLOTS re-exported)
                     plot_ta)
+from .studies import write_studies
 from .words import (acc, capacity_words, confirmed_words, diag_words, gain_words, interval, isnum, missing, num,
                     pval, signed, stop_words, ta_words)
 
@@ -316,6 +317,8 @@ def write_report(df: pd.DataFrame, out_dir, title: str, confidence: float = 0.95
     d.table(diag.table)
     if "diagnostics" in paths:
         d.img("diagnostics.png", "KD agreement and KD loss vs teacher parameters")
+
+    write_studies(d, df, out, confidence, paths)
 
     d.h(2, "7. Parameter importance")
     d.p("Importance, for the final val_acc of completed distilled trials, of every config parameter that took "

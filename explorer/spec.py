@@ -30,7 +30,7 @@ from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
 from .spec_file import read_spec_file
-from .spec_sections import ConfirmSection, ResourcesSection, SearchSection
+from .spec_sections import ConfirmSection, EvaluateSection, ResourcesSection, SearchSection
 from .teachers import parse_teacher, teacher_chains, teacher_kind
 
 # The distill keys: the method and every hyperparameter any registered method declares.
@@ -151,6 +151,7 @@ class SearchSpec(Strict):
     search: SearchSection = SearchSection()
     resources: ResourcesSection = ResourcesSection()
     confirm: ConfirmSection = ConfirmSection()
+    evaluate: EvaluateSection = EvaluateSection()
 
     # student and teacher-recipe fields given as axes ({"student.lr": Axis}); the sections hold
     # their first value

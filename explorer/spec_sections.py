@@ -1,5 +1,6 @@
 """The spec's simple sections: how to search (`search:`, `search.asha:`), what each trial and teacher
-build may use (`resources:`), and the confirmation stage (`confirm:`). Their cross-section rules are
+build may use (`resources:`), the confirmation stage (`confirm:`) and the evaluations a finished trial
+gets (`evaluate:`). Their cross-section rules are
 `SearchSpec.check` in explorer/spec.py."""
 
 from __future__ import annotations
@@ -72,6 +73,16 @@ class ConfirmSection(Strict):
                                "the searched choice or grid axes).")
         if len(set(self.cells)) != len(self.cells):
             raise KdxError(f"confirm.cells: got {self.cells}; allowed: distinct names.")
+
+
+class EvaluateSection(Strict):
+    """Evaluations every trial gets after its last epoch, logged to its MLflow run beside val/test acc."""
+
+    transfer: bool = Field(False, description=(
+        "seed 000 section IV-D: the success rate on the student of L-inf PGD examples made on its teacher "
+        "(eps 0.031, step 0.003, 20 steps, in units of the pixel range), on the test samples both classify "
+        "correctly: metrics transfer_rate and transfer_samples (explorer/attacks.py); trials without a "
+        "teacher get none"))
 
 
 # What a confirmation cell may be keyed on: the teacher lists, and the searched discrete axes.

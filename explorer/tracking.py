@@ -66,6 +66,7 @@ DERIVED_PARAMS = ("student_params", "teacher_params", "capacity_ratio", "teacher
 EPOCH_METRICS = (
     "train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "test_acc", "test_loss",
     "kd_agreement", "teacher_val_acc", "epoch_seconds", "eval_seconds", "samples_per_second", "lr", "stage",
+    "transfer_rate", "transfer_samples",  # the last epoch's `evaluate:` metrics (spec_sections.EvaluateSection)
 )
 
 

@@ -133,3 +133,12 @@ def test_feature_method_specs_small_run_every_method(tmp_path, name, methods, st
             "rkd_da": "rkd_a", "sfd": "sfd", "oh": "oh", "ab": "ab", "uda": "kd_ra", "ce": "ce"}
     for r in trials:
         assert f"train_{term[r.data.params['method']]}" in r.data.metrics, r.data.params["method"]
+    if name.startswith("seed000"):  # evaluate.transfer: every distilled trial measured it, the baseline not
+        for r in trials:
+            assert ("transfer_samples" in r.data.metrics) == (r.data.params["method"] != "ce")
+        assert any(r.data.metrics.get("transfer_samples", 0) > 0 for r in trials)
+        proc = subprocess.run([KDX, "analyze", "seed000_methods_small"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env=os.environ.copy())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = (tmp_path / "kdx_runs" / "seed000_methods_small" / "analysis" / "report.md").read_text()
+        assert "## Adversarial transferability" in report and "(1 seed)" in report

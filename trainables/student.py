@@ -21,10 +21,12 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from explorer.attacks import pixel_box, transfer_rate
 from explorer.store import TeacherStore
 from explorer.tracking import KIND_SEARCH
 from explorer.train import Diverged, Trainer, load_state, save_state
 
+from .locks import store_lock
 from .plan import Plan
 
 STATE_FILE = "trainer_state.pt"
@@ -58,11 +60,20 @@ def checkpoint_epochs(epochs: int, asha: tuple[int, float] | None) -> set[int]:
     return keep
 
 
+def transfer_metrics(tr: Trainer) -> dict:
+    """`evaluate.transfer` (seed 000 section IV-D): PGD examples made on the trial's teacher, tried on its
+    student, over the test samples both get right; the box is the training split's per-channel range."""
+    s = tr.splits
+    rate, n = transfer_rate(tr.teacher, tr.model, s.test_x, s.test_y, pixel_box(s.train_x), seed=tr.cfg.seed)
+    return {"transfer_samples": float(n)} | ({"transfer_rate": rate} if n else {})
+
+
 def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
     settings = plan.settings(config, kind)
     teacher = None
     if settings["teacher_key"] != "none":  # several comma-joined keys: an ensemble (mkd)
-        store = TeacherStore(plan.store_root)
+        # the lock guards the teacher's logits-on-views table too, built by the first trial that needs it
+        store = TeacherStore(plan.store_root, lock=store_lock("auto", plan.store_root))
         teacher = [store.load_model(key, settings["teacher_stop_epoch"])[0]
                    for key in settings["teacher_key"].split(",")]
     trainer = Trainer(settings["train"], splits, teacher=teacher)
@@ -81,6 +92,8 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
         nonlocal last_saved
         _maybe_inject_fault(epoch)
         metrics = metrics | {"diverged": 0.0, "node_id": node}
+        if epoch == tr.total_epochs and plan.spec.evaluate.transfer and tr.teacher is not None:
+            metrics |= transfer_metrics(tr)
         if epoch not in keep and time.monotonic() - last_saved < search.checkpoint_seconds:
             tune.report(metrics)
             return
