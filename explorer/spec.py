@@ -236,8 +236,35 @@ class SearchSpec(Strict):
         if len(set(self.seeds)) != len(self.seeds):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
         check_points(self.search.points_to_evaluate, self.searched_axes(), self.search.algorithm)
+        self._check_cell_budget()
         self.confirm.check(self.seeds, self.searched_axes())
         return self
+
+    def _check_cell_budget(self) -> None:
+        per_cell = self.search.trials_per_cell
+        if per_cell is None:
+            return
+        if self.search.algorithm != "optuna":
+            raise KdxError(f"search.trials_per_cell: got {per_cell} with search.algorithm {self.search.algorithm}; "
+                           "allowed: with algorithm optuna (a TPE per cell), or leave it out.")
+        if "num_samples" in self.search.model_fields_set:
+            raise KdxError(f"search.num_samples: got {self.search.num_samples} with search.trials_per_cell; allowed: "
+                           "leave it out (the search runs trials_per_cell x cells trials).")
+        if not set(self.searched_axes()) - set(self.cell_params()) - {"seed"}:
+            raise KdxError(f"search.trials_per_cell: got {per_cell}, but only the cell params ({', '.join(self.cell_params())}) "
+                           "are searched; allowed: with a distill or student axis for each cell's TPE, or leave it out.")
+        if len(self.search_cells()) < 2:
+            raise KdxError(f"search.trials_per_cell: got {per_cell}, but the cell params ({', '.join(self.cell_params())}) "
+                           "take one value; allowed: several teachers, stop epochs or students, or leave it out.")
+
+    def search_cells(self) -> list[dict]:
+        """With `search.trials_per_cell`: every combination of the searched cell params' values (e.g.
+        teacher x teacher_stop_epoch), each a dict; [] without it."""
+        if self.search.trials_per_cell is None:
+            return []
+        axes = self.searched_axes()
+        names = [c for c in self.cell_params() if c in axes]
+        return [dict(zip(names, combo)) for combo in itertools.product(*(axes[c].values() for c in names))]
 
     def trial_epochs(self) -> int:
         """The most epochs a trial reports: the student's, plus the longest init stage of a two-stage

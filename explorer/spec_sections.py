@@ -33,6 +33,10 @@ class SearchSection(Strict):
     # Ray Tune's reuse_actors: the next trial runs in the worker process of a finished one (no
     # process start, no second torch import). Trials keep no state between them: each builds its own.
     reuse_actors: bool = True
+    # An equal budget per cell (issue 10): the cells (`SearchSpec.search_cells`: every combination of the
+    # searched cell params, `confirm.cells` plus the student) run as a grid, each with this many trials that
+    # its own TPE proposes from the other axes; the search then runs trials_per_cell x cells trials.
+    trials_per_cell: int | None = Field(None, ge=1)
 
 
 class Resources(Strict):

@@ -215,7 +215,9 @@ def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
         state = "reuse" if rec and set(plan.stops[key]) <= have else ("extend" if rec else "build")
         out(f"  teacher {recipe.label():<28} key {key}  stop epochs {sorted(plan.stops[key])}  -> {state}")
     axes = spec.searched_axes()
-    n = spec.search.num_samples if spec.search.algorithm != "grid" else "grid"
+    cells = spec.search_cells()
+    n = (f"{expected_trials(spec, None)} = {spec.search.trials_per_cell} per cell x {len(cells)} cells" if cells
+         else spec.search.num_samples if spec.search.algorithm != "grid" else "grid")
     out(f"  searched: {', '.join(f'{k} {a.kind} {a.values()}' for k, a in axes.items()) or 'nothing'}")
     out(f"  trials: {n} ({spec.search.algorithm}"
         f"{', ASHA' if spec.search.asha else ''}) + {len(spec.seeds) if spec.baseline else 0} CE baselines; "
@@ -316,7 +318,10 @@ def _run_all(spec, plan, splits, loc, setups, exp_id, parent_id, resume, max_con
 
 
 def expected_trials(spec: SearchSpec, num_samples: int | None) -> int:
-    """How many KD trials the search plans: num_samples, or the grid's size times its repeats."""
+    """How many KD trials the search plans: num_samples, trials_per_cell x cells, or the grid's size times
+    its repeats."""
+    if spec.search_cells():
+        return spec.search.trials_per_cell * len(spec.search_cells())
     if spec.search.algorithm != "grid":
         return num_samples or spec.search.num_samples
     n = num_samples or 1

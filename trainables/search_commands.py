@@ -62,11 +62,15 @@ def _search_check(args):
 @command("search", "run a search spec on Ray Tune (local by default)", _search_args, epilog=SEARCH_EPILOG,
          check=_search_check)
 def cmd_search(args):
+    from explorer.errors import bad_value
     from explorer.spec import load_spec
 
     spec, text = load_spec(args.spec)
     if args.epochs:
         spec = spec.replace("student.epochs", args.epochs)
+    if args.num_samples and spec.search.trials_per_cell:
+        raise bad_value("--num-samples", args.num_samples, "allowed: leave it out with search.trials_per_cell, "
+                        "which sets the number of trials (trials_per_cell x cells)")
     from .search import run_search  # Ray and MLflow: only once the spec is known to be good
 
     outcome = run_search(spec, text, address=args.address, storage=args.storage, tracking_uri=args.tracking_uri,

@@ -61,6 +61,56 @@ def make_pruned_aware_optuna(**kwargs):
     return PrunedAwareOptunaSearch(**kwargs)
 
 
+def make_cell_searcher(cells: list[dict], per_cell: int, make_inner):
+    """A searcher with an equal budget per cell (`search.trials_per_cell`): cell i gets its own searcher
+    `make_inner(i, cell)` over the other axes, the cell's values are fixed in every config it proposes, and
+    each new trial goes to the cell that has had the fewest (ties: the first), until every cell has had
+    `per_cell`. Results go back to the searcher of the trial's cell, so each TPE learns from its own cell."""
+    from ray import cloudpickle
+    from ray.tune.search import Searcher
+
+    class CellSearcher(Searcher):
+        def __init__(self):
+            super().__init__()
+            self.cells, self.per_cell = cells, per_cell
+            self.inner = [make_inner(i, c) for i, c in enumerate(cells)]
+            self.given = [0] * len(cells)
+            self.owner: dict[str, int] = {}
+
+        def set_search_properties(self, metric, mode, config, **spec):
+            return True  # the inner searchers were built with the spec's metric and mode
+
+        def suggest(self, trial_id):
+            open_cells = [i for i, n in enumerate(self.given) if n < self.per_cell]
+            if not open_cells:
+                return Searcher.FINISHED
+            i = min(open_cells, key=lambda j: self.given[j])
+            config = self.inner[i].suggest(trial_id)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            self.given[i] += 1
+            self.owner[trial_id] = i
+            return {**config, **self.cells[i]}
+
+        def on_trial_result(self, trial_id, result):
+            if trial_id in self.owner:
+                self.inner[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self.owner:
+                self.inner[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+        def save(self, checkpoint_path):
+            with open(checkpoint_path, "wb") as f:
+                cloudpickle.dump((self.inner, self.given, self.owner), f)
+
+        def restore(self, checkpoint_path):
+            with open(checkpoint_path, "rb") as f:
+                self.inner, self.given, self.owner = cloudpickle.load(f)
+
+    return CellSearcher()
+
+
 def tune_setup(spec: SearchSpec, num_samples: int | None):
     """(param_space, search_alg, num_samples) for the KD search."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -73,12 +123,21 @@ def tune_setup(spec: SearchSpec, num_samples: int | None):
         if not axes:
             raise KdxError("distill: nothing is searched; allowed: make at least one distill or student value a "
                            "choice or a range, or give several teachers, stop epochs or seeds.")
-        searcher = make_pruned_aware_optuna(
-            max_t=spec.student.epochs, space={k: _optuna_distribution(a) for k, a in axes.items()},
-            metric=s.metric, mode=s.mode, sampler=TPESampler(seed=s.seed),
-            points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-        )
-        return {}, searcher, n
+        def optuna(names, seed, points):
+            return make_pruned_aware_optuna(
+                max_t=spec.student.epochs, space={k: _optuna_distribution(axes[k]) for k in names},
+                metric=s.metric, mode=s.mode, sampler=TPESampler(seed=seed), points_to_evaluate=points or None)
+
+        cells = spec.search_cells()
+        if not cells:
+            return {}, optuna(axes, s.seed, [dict(p) for p in s.points_to_evaluate]), n
+
+        def per_cell(i, cell):  # a TPE over the other axes, seeded per cell, with the points of its cell
+            inside = [{k: v for k, v in p.items() if k not in cell} for p in s.points_to_evaluate
+                      if all(p.get(k) == v for k, v in cell.items())]
+            return optuna([k for k in axes if k not in cell], s.seed + i, inside)
+
+        return {}, make_cell_searcher(cells, s.trials_per_cell, per_cell), s.trials_per_cell * len(cells)
     space = {k: _tune_domain(a) for k, a in axes.items()}
     if s.algorithm == "grid":
         n = num_samples or 1
