@@ -1,5 +1,6 @@
 """The report's sections for the seeds' other studies, each written only when the runs hold its data:
-adversarial transferability (seed 000 section IV-D, `evaluate.transfer`)."""
+adversarial transferability (seed 000 section IV-D, `evaluate.transfer`); the omitted class (seed 003
+section 4.1) and the class counts an imbalance left (seed 000 section IV-C)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .omitted import class_count_table, omitted_table, write_omitted
 from .transfer import plot_transfer, transfer_table, write_transfer
 
 
@@ -17,3 +19,4 @@ def write_studies(d, df: pd.DataFrame, out: Path, confidence: float, paths: dict
     if plot is not None:
         paths["transfer"] = str(plot)
     write_transfer(d, table, plot, confidence)
+    write_omitted(d, omitted_table(df, confidence), class_count_table(df), confidence)

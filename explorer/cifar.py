@@ -41,14 +41,15 @@ class _CifarFormat:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     tv_class: str
+    per_class: int  # the official training set is balanced: this many images of every class
 
 
 _CIFAR = {
     "cifar10": _CifarFormat("CIFAR-10", "cifar-10-batches-py",
                             tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "labels", 10,
-                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10"),
+                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10", 5000),
     "cifar100": _CifarFormat("CIFAR-100", "cifar-100-python", ("train",), ("test",), "fine_labels", 100,
-                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"),
+                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100", 500),
 }
 
 
@@ -192,4 +193,5 @@ def _cifar_loader(key: str) -> Loader:
 
 for _key, _fmt in _CIFAR.items():
     register_dataset(_key, f"{_fmt.title} from data_dir ({_fmt.folder}/)", _fmt.num_classes, (3, 32, 32),
-                     "crop_flip", check=lambda spec, key=_key: check_present(key, spec))(_cifar_loader(_key))
+                     "crop_flip", check=lambda spec, key=_key: check_present(key, spec),
+                     class_counts=(_fmt.per_class,) * _fmt.num_classes)(_cifar_loader(_key))

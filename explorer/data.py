@@ -33,11 +33,27 @@ How `load_splits` builds the splits (the order matters)
       Dong et al.; its OCR text reads "(c - 1)^-gamma", which would make class 1 empty: we use the
       form that gives the stated largest and smallest class counts.) imbalance_max defaults to the
       smallest per-class count available in the train split.
+      Seed 000's scale (Table VI: max 5000, min 250 of CIFAR-10's 5000 per class) does not fit after
+      a validation split (10% leaves 4500 per class). kdx's route keeps the seed's max/min RATIO (20):
+      leave imbalance_max out (4500) and set imbalance_min to 225. Scaling both ends by the same
+      factor leaves b unchanged and scales a, so every class count is the seed's times 0.9 (up to
+      rounding): the same class distribution, 10% smaller, as every kdx CIFAR run is. Keeping the
+      seed's min (250) instead would change the ratio to 18 and so the shape. A max that cannot fit
+      is refused (`imbalance_counts`) in one sentence giving the largest max that fits and the
+      imbalance_min that keeps the asked ratio; at validate for datasets whose official per-class
+      counts are registered (CIFAR, MNIST), else when the data is loaded. Trainers log the class
+      counts actually used (`class_count_max`, `class_count_min`).
    c. symmetric label noise (`label_noise` = sigma): each train label, with probability sigma, is
       replaced by a class drawn uniformly from all classes present in the train split (all classes
       unless some are omitted; an omitted class never reappears through noise). As in seed paper
       000 section IV-B the draw may land on the true class, so the observed flip rate is
       sigma * (K - 1) / K. `train_clean_y` keeps the labels before noise.
+
+The teachers' data (`DataSpec.teacher_condition`, a spec's `teachers.data_condition`): `same` (the
+default) trains a run's teachers on this DataSpec, condition and all; `clean` on the same dataset,
+validation split and split seed with no condition (`DataSpec.teacher_data()`), so a teacher sees every
+class while its student's split lacks the omitted ones (seed 003 section 4.1). A teacher's recipe keeps
+the DataSpec it trains on (`TeacherRecipe` applies `teacher_data()`), so its store key follows.
 """
 
 from __future__ import annotations
@@ -52,8 +68,8 @@ from torch import Tensor
 
 from .augment import AUGMENTATIONS, augment_batch
 from .datasets import (
-    DATASETS, DatasetInfo, cache_dir, dataset_names, register_dataset, stratified_holdout, step_generator,
-    take_first_per_class,
+    DATASETS, DatasetInfo, cache_dir, dataset_names, holdout_counts, register_dataset, stratified_holdout,
+    step_generator, take_first_per_class,
 )
 from pydantic import Field, ValidationError
 
@@ -62,7 +78,8 @@ from .errors import KdxError, bad_value, pydantic_sentence
 
 __all__ = [
     "DataCondition", "DataSpec", "Splits", "DatasetInfo", "DATASETS", "load_splits", "dataset_names",
-    "register_dataset", "cache_dir", "power_law_counts", "augment_batch", "AUGMENTATIONS",
+    "register_dataset", "cache_dir", "power_law_counts", "imbalance_counts", "augment_batch", "AUGMENTATIONS",
+    "TEACHER_CONDITIONS",
 ]
 
 # Bump when a change here alters the data a given DataSpec produces (part of DataSpec.identity()).
@@ -85,6 +102,34 @@ def power_law_counts(num_classes: int, gamma: float, largest: int, smallest: int
     b = (num_classes - 1) ** gamma * smallest / (largest - smallest)
     a = largest * b
     return [int(round(a / (b + (c - 1) ** gamma))) for c in range(1, num_classes + 1)]
+
+
+def imbalance_counts(cond: "DataCondition", present: list[int], available: list[int], val_fraction: float) -> list[int]:
+    """Step 3b's per-class counts for the `present` classes, which have `available` samples each after
+    the validation split; KdxError (imbalance_max or imbalance_min) when they cannot be met."""
+    fits = min(available)
+    largest = cond.imbalance_max if cond.imbalance_max is not None else fits
+    split = f"after the validation split (val_fraction {val_fraction:g})" if val_fraction else "in the training set"
+    if cond.imbalance_min > largest:
+        raise bad_value("imbalance_min", cond.imbalance_min,
+                        f"allowed: at most imbalance_max ({largest}, the smallest per-class train count {split})")
+    wanted = power_law_counts(len(present), float(cond.imbalance_gamma), largest, cond.imbalance_min)
+    for cls, n_c, avail in zip(present, wanted, available):
+        if n_c > avail:
+            ratio = largest / cond.imbalance_min
+            raise bad_value("imbalance_max", cond.imbalance_max,
+                            f"class {cls} would need {n_c} training samples but only {avail} are left {split}; "
+                            f"allowed: at most {fits} (the default when imbalance_max is left out), or a smaller "
+                            f"val_fraction; to keep the max/min ratio of {ratio:g}, leave imbalance_max out and set "
+                            f"imbalance_min: {max(1, round(fits / ratio))}")
+    return wanted
+
+
+# The data a run's teachers train on (`DataSpec.teacher_condition`; a spec's `teachers.data_condition`).
+TEACHER_CONDITIONS = {
+    "same": "the student's data, its condition included",
+    "clean": "the clean train split: the same dataset and validation split, no label noise, imbalance or omitted classes",
+}
 
 
 # ----------------------------------------------------------------------------- condition and spec
@@ -152,7 +197,8 @@ class DataCondition:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which data: the dataset, where it lives, the validation split and the train condition."""
+    """Which data: the dataset, where it lives, the validation split and the train condition; and which
+    data this run's teachers train on (`teacher_condition`, one of TEACHER_CONDITIONS; module docstring)."""
 
     dataset: str
     data_dir: str | None = None
@@ -160,6 +206,7 @@ class DataSpec:
     val_fraction: float = 0.1
     split_seed: int = 0
     condition: DataCondition = DataCondition()
+    teacher_condition: str = "same"
 
     def __post_init__(self):
         if isinstance(self.condition, Mapping):
@@ -180,10 +227,26 @@ class DataSpec:
             raise bad_value("split_seed", self.split_seed, "allowed: an integer from 0 to 2**32 - 1")
         if not isinstance(self.condition, DataCondition):
             raise bad_value("condition", self.condition, "allowed: a DataCondition")
-        self.condition.validate(DATASETS[self.dataset].num_classes)
+        info = DATASETS[self.dataset]
+        self.condition.validate(info.num_classes)
+        if self.teacher_condition not in TEACHER_CONDITIONS:
+            raise bad_value("teacher_condition", self.teacher_condition, f"allowed: {', '.join(TEACHER_CONDITIONS)}")
+        cond = self.condition
+        if cond.imbalance_gamma is not None and info.class_counts is not None:  # the official counts: before loading
+            left = [n - h for n, h in zip(info.class_counts, holdout_counts(list(info.class_counts), float(vf)))]
+            present = [c for c in range(info.num_classes) if c not in set(cond.omit_classes)]
+            imbalance_counts(cond, present, [left[c] for c in present], float(vf))
+
+    def teacher_data(self) -> "DataSpec":
+        """The DataSpec this run's teachers train on: this one (`same`), or (`clean`) the same dataset,
+        validation split and split seed without a data condition."""
+        if self.teacher_condition == "same":
+            return self
+        return replace(self, condition=DataCondition(), teacher_condition="same")
 
     def identity(self) -> dict:
-        """Everything that determines the data, without data_dir/download (for hashing recipes)."""
+        """Everything that determines the data, without data_dir/download (for hashing recipes) and without
+        teacher_condition (it decides other runs' data: a teacher's recipe holds `teacher_data()`)."""
         return {
             "dataset": self.dataset,
             "val_fraction": float(self.val_fraction),
@@ -233,18 +296,7 @@ def _apply_condition(x: Tensor, y: Tensor, num_classes: int, spec: DataSpec) -> 
 
     if cond.imbalance_gamma is not None:
         counts = torch.bincount(y, minlength=num_classes)
-        available = [int(counts[c]) for c in present]
-        largest = cond.imbalance_max if cond.imbalance_max is not None else min(available)
-        if cond.imbalance_min > largest:
-            raise bad_value("imbalance_min", cond.imbalance_min,
-                            f"allowed: at most imbalance_max ({largest}, the smallest per-class train count "
-                            f"after the validation split)")
-        wanted = power_law_counts(len(present), float(cond.imbalance_gamma), largest, cond.imbalance_min)
-        for cls, n_c, avail in zip(present, wanted, available):
-            if n_c > avail:
-                raise bad_value("imbalance_max", cond.imbalance_max,
-                                f"class {cls} would need {n_c} training samples but only {avail} are available "
-                                f"after the validation split; lower imbalance_max or val_fraction")
+        wanted = imbalance_counts(cond, present, [int(counts[c]) for c in present], float(spec.val_fraction))
         per_class = torch.zeros(num_classes, dtype=torch.int64)
         per_class[present] = torch.tensor(wanted, dtype=torch.int64)
         keep_idx, _ = take_first_per_class(y, per_class, step_generator(spec.split_seed, "imbalance"))
@@ -288,8 +340,8 @@ class DatasetSection(Strict):
     are checked by `DataSpec.validate` and `DataCondition.validate`, the one validator per field."""
 
     name: str = Field("mnist1d", description="dataset name (see `kdx datasets`)")
-    data_dir: str | None = Field(None, description="directory with the dataset (CIFAR) or its cache")
-    download: bool = Field(False, description="download CIFAR into data_dir if missing")
+    data_dir: str | None = Field(None, description="directory with the dataset (CIFAR, MNIST) or its cache")
+    download: bool = Field(False, description="download CIFAR or MNIST into data_dir if missing")
     val_fraction: float = Field(0.1, description="validation split carved from train")
     split_seed: int = Field(0, description="seed of the validation split and the data conditions")
     label_noise: float = Field(0.0, description="symmetric label-noise rate sigma (train only)")

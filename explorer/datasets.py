@@ -10,6 +10,7 @@ for every dataset, so adding one is a single decorated function here, with no li
   independent of split_seed), since it has no official one.
 * `cifar10` / `cifar100`: the extracted python-version archive in `data_dir` (explorer/cifar.py,
   registered the same way, from its own module).
+* `mnist`: torchvision's on-disk MNIST (`<data_dir>/MNIST/raw/`, the idx files; explorer/mnist.py).
 * `fake`: small synthetic images with learnable class structure, for tests.
 """
 
@@ -54,24 +55,31 @@ class DatasetInfo:
     # on-disk datasets: spec -> None or KdxError naming the field (`data_dir: ...`), the data present (or
     # to be downloaded) checked without loading it; the spec and the flags are checked with it before compute
     check: Callable[["DataSpec"], None] | None = None
+    # the official training set's per-class counts where they are fixed (CIFAR, MNIST): a data condition that
+    # cannot fit them (imbalance_max above what the validation split leaves) is refused at validate, not load
+    class_counts: tuple[int, ...] | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(name: str, description: str, num_classes: int, input_shape: tuple[int, ...],
-                     augment: str = "none", check: Callable[["DataSpec"], None] | None = None
-                     ) -> Callable[[Loader], Loader]:
+                     augment: str = "none", check: Callable[["DataSpec"], None] | None = None,
+                     class_counts: tuple[int, ...] | None = None) -> Callable[[Loader], Loader]:
     """Decorator: register `loader` as dataset `name` (its class count, per-sample input shape, the
-    augmentation the training loop applies, one of `AUGMENTATIONS`, and for data read from disk the
-    `check` that it is there). A name registers once, so a plugin can never silently replace another."""
+    augmentation the training loop applies, one of `AUGMENTATIONS`, for data read from disk the
+    `check` that it is there, and the official training set's per-class counts where they are fixed).
+    A name registers once, so a plugin can never silently replace another."""
     if name in DATASETS:
         raise ValueError(f"dataset {name!r} is already registered ({DATASETS[name].description}).")
     if augment not in AUGMENTATIONS:
         raise ValueError(f"dataset {name!r}: augment {augment!r} is not one of {', '.join(AUGMENTATIONS)}.")
+    if class_counts is not None and len(class_counts) != num_classes:
+        raise ValueError(f"dataset {name!r}: {len(class_counts)} class counts for {num_classes} classes.")
 
     def register(loader: Loader) -> Loader:
-        DATASETS[name] = DatasetInfo(name, description, int(num_classes), tuple(input_shape), augment, loader, check)
+        DATASETS[name] = DatasetInfo(name, description, int(num_classes), tuple(input_shape), augment, loader, check,
+                                     None if class_counts is None else tuple(int(c) for c in class_counts))
         return loader
     return register
 
@@ -128,11 +136,15 @@ def stratified_holdout(y: Tensor, num_classes: int, fraction: float, generator: 
                        ) -> tuple[Tensor, Tensor]:
     """(keep, holdout) indices; holdout has max(1, round(fraction * n_c)) of each class c (0 if
     fraction == 0), capped at n_c - 1 for classes with at least 2 samples."""
-    counts = torch.bincount(y, minlength=num_classes).tolist()
-    hold = [0 if fraction <= 0 or n_c == 0 else min(max(1, round(fraction * n_c)), max(n_c - 1, 1))
-            for n_c in counts]
+    hold = holdout_counts(torch.bincount(y, minlength=num_classes).tolist(), fraction)
     held, kept = take_first_per_class(y, torch.tensor(hold, dtype=torch.int64), generator)
     return kept, held
+
+
+def holdout_counts(counts: list[int], fraction: float) -> list[int]:
+    """How many samples of each class (with `counts[c]` samples) `stratified_holdout` holds out."""
+    return [0 if fraction <= 0 or n_c == 0 else min(max(1, round(fraction * n_c)), max(n_c - 1, 1))
+            for n_c in counts]
 
 
 def normalise_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -236,8 +248,9 @@ def _load_digits(spec: DataSpec):
     return (normalise_(train_x, mean, std), y[train_idx], normalise_(test_x, mean, std), y[test_idx])
 
 
-# ----------------------------------------------------------------------------- CIFAR
+# ----------------------------------------------------------------------------- CIFAR and MNIST
 importlib.import_module(".cifar", __package__)  # registers cifar10 and cifar100 (explorer/cifar.py)
+importlib.import_module(".mnist", __package__)  # registers mnist (explorer/mnist.py)
 
 
 # ----------------------------------------------------------------------------- fake

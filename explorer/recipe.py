@@ -2,7 +2,8 @@
 
 A teacher is identified by its full recipe (`TeacherRecipe`): the data identity
 (`DataSpec.identity()`: dataset, validation split, split seed, data condition; NOT `data_dir` or
-`download`, which say where the data lives, not what it is), the training recipe (`TrainConfig`:
+`download`, which say where the data lives, not what it is; a teacher trained `clean` has the clean
+DataSpec, `DataSpec.teacher_data()`), the training recipe (`TrainConfig`:
 architecture, epochs, optimiser, schedule, seed, method) and, for distilled teachers, the key of its
 own teacher (`parent_key`). `TeacherRecipe.key()` is the first 16 hex digits of the SHA-256 of the
 recipe's canonical JSON (`canonical_json`: sorted keys, no spaces, numbers normalised to 12
@@ -92,6 +93,12 @@ class TeacherRecipe:
     data: DataSpec
     train: TrainConfig
     parent_key: str | None = None
+
+    def __post_init__(self):
+        # The data the teacher trains on: a student's DataSpec asking for clean teachers (teacher_condition
+        # `clean`) becomes its clean split here, so every caller builds, keys and loads the same teacher.
+        if isinstance(self.data, DataSpec):
+            object.__setattr__(self, "data", self.data.teacher_data())
 
     def __hash__(self):
         return hash(self.key())

@@ -15,16 +15,17 @@ what is allowed (a `KdxError`), before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, create_model, field_validator
 
 from .axes import Axis, as_axis, check_points, param_name, section_axes, set_path
 from .config import Recipe, Seed, Strict, TrainConfig
-from .data import DatasetSection, DataSpec
+from .data import TEACHER_CONDITIONS, DatasetSection, DataSpec
 from .datasets import check_data_present
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
@@ -58,6 +59,8 @@ class TeachersSection(Strict):
     # How the links of a chain ('a<b', 'a^g') are distilled: a method and its hyperparameters.
     distill: dict = {"method": "kd"}
     generations: int = Field(0, ge=0, le=20)  # adds 'a^1' .. 'a^g' for every plain architecture entry
+    # the teachers' data: the student's condition and all (same), or the clean split (explorer/data.py)
+    data_condition: Literal[tuple(TEACHER_CONDITIONS)] = "same"  # type: ignore[valid-type]
 
     @field_validator("archs")
     @classmethod
@@ -286,7 +289,8 @@ class SearchSpec(Strict):
 
     # ----------------------------------------------------------- planning helpers
     def data_spec(self) -> DataSpec:
-        return self.dataset.data_spec()
+        """The student's data, naming the teachers' (`teachers.data_condition`, DataSpec.teacher_condition)."""
+        return dataclasses.replace(self.dataset.data_spec(), teacher_condition=self.teachers.data_condition)
 
     def student_archs(self) -> list[str]:
         """Every student architecture the space can ask for."""

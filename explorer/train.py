@@ -303,11 +303,29 @@ class Trainer:
     def _eval_metrics(self) -> dict:
         s = self.splits
         val_acc, val_loss, val_preds = evaluate(self.model, s.val_x, s.val_y)
-        test_acc, test_loss, _ = evaluate(self.model, s.test_x, s.test_y)
+        test_acc, test_loss, test_preds = evaluate(self.model, s.test_x, s.test_y)
         out = {"val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss}
         if self.teacher is not None:
             out["kd_agreement"] = (val_preds == self.teacher_val_preds).float().mean().item()
             out["teacher_val_acc"] = self.teacher_val_acc
+        # The training split as used: its class counts before label noise (the imbalance actually applied),
+        # and the classes it lacks (omit_classes), with the accuracy on their val/test samples, the model's
+        # and (a clean teacher saw them) its teacher's: `<split>_acc_omitted`, `teacher_<split>_acc_omitted`.
+        counts = torch.bincount(s.train_clean_y, minlength=s.num_classes)
+        out |= {"class_count_max": int(counts.max()), "class_count_min": int(counts[counts > 0].min())}
+        absent = torch.nonzero(torch.bincount(s.train_y, minlength=s.num_classes) == 0).flatten()
+        if len(absent):
+            teacher = {}
+            if self.teacher is not None:
+                if getattr(self, "_teacher_test_preds", None) is None:  # the frozen teacher: once per trainer
+                    self._teacher_test_preds = evaluate(self.teacher, s.test_x, s.test_y)[2]
+                teacher = {"val": self.teacher_val_preds, "test": self._teacher_test_preds}
+            for split, y, preds in (("val", s.val_y, val_preds), ("test", s.test_y, test_preds)):
+                mask = torch.isin(y, absent)
+                if mask.any():
+                    out[f"{split}_acc_omitted"] = (preds[mask] == y[mask]).float().mean().item()
+                    if split in teacher:
+                        out[f"teacher_{split}_acc_omitted"] = (teacher[split][mask] == y[mask]).float().mean().item()
         return out
 
     def run(self, callback: EpochCallback | None = None) -> list[dict]:

@@ -33,6 +33,10 @@ def _train_args(p):
                    help="teacher store: a path or a URI pyarrow understands (default ./kdx_runs/teachers)")
     p.add_argument("--teacher-stop-epoch", type=int, default=None,
                    help="use the teacher's checkpoint at this epoch (default: its last epoch, --teacher-epochs)")
+    # the values and their meaning are defined once, explorer/data.py TEACHER_CONDITIONS (checked in cmd_train)
+    p.add_argument("--teacher-data-condition", default="same",
+                   help="the teacher's training data, as a spec's teachers.data_condition: same (the data flags' "
+                        "condition) or clean (no --label-noise, imbalance or --omit-classes; default same)")
 
 
 def _progress(label: str):
@@ -74,7 +78,8 @@ def obtain_teacher(args, spec, splits, device):
         for link in links:
             show = _progress(f"teacher {link.arch}" + (f" <{link.recipe.parent_key[:8]}" if link.recipe.parent_key else ""))
             view = SimpleNamespace(cfg=link.recipe.train)  # what _progress reads from a trainer
-            record, built = store.ensure(link.recipe, [link.epoch], device=device, splits=splits,
+            same_data = link.recipe.data.identity() == spec.identity()  # else (a clean teacher) the store loads its own
+            record, built = store.ensure(link.recipe, [link.epoch], device=device, splits=splits if same_data else None,
                                          on_epoch=lambda e, m, show=show, v=view: show(e, m, v))
             how = "built and kept" if built else "reused"
             print(f"teacher {record.label} [{record.key}] epoch {link.epoch}: {how} in {store.root}", flush=True)
@@ -129,7 +134,14 @@ def cmd_train(args):
     elif args.teacher:
         raise bad_value("--teacher", args.teacher, f"method {method!r} takes no teacher")
     student_cfg.validate()  # all checks before any compute
-    spec = data_spec_from_args(args)
+    from dataclasses import replace
+
+    from .data import TEACHER_CONDITIONS
+
+    if args.teacher_data_condition not in TEACHER_CONDITIONS:
+        raise bad_value("--teacher-data-condition", args.teacher_data_condition,
+                        f"allowed: {', '.join(f'{k} ({v})' for k, v in TEACHER_CONDITIONS.items())}")
+    spec = replace(data_spec_from_args(args), teacher_condition=args.teacher_data_condition)
     splits = load_splits(spec)
     result = {"dataset": args.dataset, "student": args.student, "method": method, "seed": args.seed}
     teacher = None
@@ -156,6 +168,10 @@ def cmd_train(args):
     summary = [f"student {args.student} ({method}): val {result['val_acc']:.4f} test {result['test_acc']:.4f}"]
     if args.teacher:
         summary.insert(0, f"teacher {args.teacher}: val {result['teacher_val_acc']:.4f} test {result['teacher_test_acc']:.4f}")
+    if "test_acc_omitted" in result:  # the student's training split lacks some classes
+        summary.append("on the classes the student never saw: test " + ", ".join(
+            f"{who} {result[key]:.4f}" for who, key in (("student", "test_acc_omitted"),
+                                                         ("teacher", "teacher_test_acc_omitted")) if key in result))
     if args.baseline:
         summary.append(f"student {args.student} (ce only): val {result['baseline_val_acc']:.4f} "
                        f"test {result['baseline_test_acc']:.4f}")

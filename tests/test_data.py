@@ -28,7 +28,7 @@ def _rows_as_set(x: torch.Tensor) -> set:
 
 # ----------------------------------------------------------------------------- registry / spec
 def test_registry_and_names():
-    assert dataset_names() == sorted(["mnist1d", "mnist1d_10k", "mnist1d_20k", "digits", "cifar10", "cifar100", "fake"])
+    assert dataset_names() == sorted(["mnist1d", "mnist1d_10k", "mnist1d_20k", "digits", "cifar10", "cifar100", "mnist", "fake"])
     for name, info in DATASETS.items():
         assert info.name == name
         assert info.augment in ("none", "crop_flip")

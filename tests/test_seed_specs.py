@@ -19,7 +19,7 @@ FULL = sorted((ROOT / "searches").glob("seed*.yaml"))
 def test_full_size_seed_specs_validate(path):
     spec, text = load_spec(path)
     assert "table" in text.lower()  # each names the table it reproduces
-    assert spec.dataset.name in ("cifar10", "cifar100")
+    assert spec.dataset.name in ("cifar10", "cifar100", "mnist")
 
 
 def search(tmp_path, name):
