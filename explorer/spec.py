@@ -226,7 +226,8 @@ class SearchSpec(Strict):
             for entry in self.teachers.entries():
                 members = parse_teacher(entry, self.teachers.seed)
                 for arch in students:
-                    problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == arch)
+                    problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == arch,
+                                                members=len(members))
                     if problem:
                         raise KdxError(f"distill.method: got {method!r} with teacher {entry!r}; {problem} "
                                        "(give such methods their own spec, or teachers that fit every method).")

@@ -104,6 +104,10 @@ class Trainer:
         if self.method.needs_teacher and len(teachers) > 1 and "ensemble" not in self.method.teacher_kinds:
             raise bad_value("teacher", f"an ensemble of {len(teachers)}",
                             f"method {cfg.method!r} takes one teacher (mkd or kd take ensembles)")
+        if self.method.needs_teacher and len(teachers) > 1:
+            problem = self.method.teacher_problem("ensemble", members=len(teachers))
+            if problem:
+                raise KdxError(f"teacher: {problem}.")
         self.device = torch.device(device) if device is not None else default_device()
         self.splits = splits.to(self.device)
         torch.manual_seed(cfg.seed)

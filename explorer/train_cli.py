@@ -125,7 +125,8 @@ def cmd_train(args):
         from .teachers import parse_teacher, teacher_kind
 
         members = parse_teacher(args.teacher.replace(",", "+"), args.seed, field="--teacher")
-        problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == args.student)
+        problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == args.student,
+                                    members=len(members))
         if problem:
             raise bad_value("--teacher", args.teacher, problem)
         for chain in members:

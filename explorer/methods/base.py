@@ -176,9 +176,9 @@ class Method:
         feature shapes of the student's and the teacher's `feature_role` layers. Default: none."""
         return None
 
-    def teacher_problem(self, kind: str | None, same_arch: bool = True) -> str | None:
+    def teacher_problem(self, kind: str | None, same_arch: bool = True, members: int | None = None) -> str | None:
         """Why a teacher of this kind ("plain", "distilled", "ensemble", None = no teacher) does not
-        fit the method, or None when it does."""
+        fit the method, or None when it does; `members`: the number of teachers (None: not known)."""
         if not self.needs_teacher:
             return None if kind is None else f"method {self.name!r} takes no teacher"
         if kind is None:
