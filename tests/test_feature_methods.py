@@ -160,13 +160,14 @@ def test_fitnet_hint_matches_numpy():
 
 
 def np_fsp(fs, ft, weights=(1, 3, 1)):
-    """Yim et al. eq. 1-2: G = F1 F2^T / (h w) between the input and output of each block; sum_n W_n *
-    mean_b ||G_t - G_s||^2 (block n's input = the feature before it; larger maps pooled to the smaller)."""
+    """Yim et al. eq. 1: G = F1 F2^T / (h w) between the input and output of each block; loss sum_n W_n *
+    mean over batch and matrix entries of (G_t - G_s)^2 (RepDistiller's mean, not eq. 2's sum, see
+    explorer/methods/fitnet.py; block n's input = the feature before it; larger maps pooled to the smaller)."""
     def g(a, b):
         size = tuple(min(x, y) for x, y in zip(a.shape[2:], b.shape[2:]))
         a, b = np_avgpool(a, size), np_avgpool(b, size)
         return np.einsum("bchw,bdhw->bcd", a, b) / np.prod(size)
-    return sum(w * ((g(ft[n], ft[n + 1]) - g(fs[n], fs[n + 1])) ** 2).sum((1, 2)).mean()
+    return sum(w * ((g(ft[n], ft[n + 1]) - g(fs[n], fs[n + 1])) ** 2).mean()
                for n, w in zip(range(3), weights))
 
 

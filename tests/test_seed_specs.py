@@ -119,7 +119,7 @@ def test_seed000_online_small_kd_dml_one(tmp_path):
 
 @pytest.mark.parametrize("name,methods,students", [
     ("seed000_methods_small.yaml", {"kd", "bss", "fitnet", "at", "sp", "rkd_d", "rkd_a", "rkd_da"}, {"cnn1d_w4", "cnn1d_w8"}),
-    ("seed001_feature_small.yaml", {"kd", "rkd_da", "sfd", "oh", "ab", "uda"}, {"resnet8"}),
+    ("seed001_feature_small.yaml", {"kd", "rkd_da", "sfd", "oh", "ab", "uda", "fsp"}, {"resnet8"}),
 ])
 def test_feature_method_specs_small_run_every_method(tmp_path, name, methods, students):
     """The CPU variants of seed 000 table III and seed 001 table 3: every method trains inside a search,
@@ -130,7 +130,7 @@ def test_feature_method_specs_small_run_every_method(tmp_path, name, methods, st
     got = {(r.data.params["method"], r.data.params["student"]) for r in trials}
     assert got == {(m, s) for m in methods | {"ce"} for s in students}
     term = {"kd": "kd", "bss": "bss", "fitnet": "hint", "at": "at", "sp": "sp", "rkd_d": "rkd_d", "rkd_a": "rkd_a",
-            "rkd_da": "rkd_a", "sfd": "sfd", "oh": "oh", "ab": "ab", "uda": "kd_ra", "ce": "ce"}
+            "rkd_da": "rkd_a", "sfd": "sfd", "oh": "oh", "ab": "ab", "uda": "kd_ra", "fsp": "fsp", "ce": "ce"}
     for r in trials:
         assert f"train_{term[r.data.params['method']]}" in r.data.metrics, r.data.params["method"]
     if name.startswith("seed000"):  # evaluate.transfer: every distilled trial measured it, the baseline not
