@@ -25,7 +25,7 @@ import torch
 
 from explorer.data import DataSpec, load_splits
 from explorer.errors import KdxError
-from explorer.train import TrainConfig, Trainer
+from explorer.train import Diverged, TrainConfig, Trainer
 
 SETTINGS = {
     # name: dataset, teacher, student, batch size
@@ -72,7 +72,12 @@ def bench(name, dataset, t_arch, s_arch, batch, epochs, device, quick) -> dict:
         for label, tr in runs.items():
             if isinstance(tr, str):
                 continue
-            m = tr.train_epoch()
+            try:
+                m = tr.train_epoch()
+            except Diverged as e:  # timed no further; shown as n/a with the reason
+                runs[label] = f"diverged at the default hyperparameters ({e})"
+                times.pop(label)
+                continue
             if r > 0:
                 times[label].append(m["epoch_seconds"])
     ce = min(times["ce"])
@@ -110,6 +115,9 @@ def main() -> None:
         print(f"| {row['method']} | {' | '.join(cells)} |")
     for res in results:
         print(f"{res['setting']}: {res['train_samples']} training samples, fastest of {res['epochs_measured']} epochs")
+        for r in res["rows"]:
+            if r["note"]:
+                print(f"  n/a {r['method']}: {r['note']}")
 
 
 if __name__ == "__main__":

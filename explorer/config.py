@@ -11,6 +11,7 @@ from typing import Annotated, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .augment import DISTINCT_VIEWS
 from .errors import KdxError, pydantic_sentence
 from .methods import check_method_params
 
@@ -45,6 +46,10 @@ SCHEDULES: dict[str, Callable[["Recipe", int], float]] = {
 }
 
 
+# Fixed teacher views per sample by default (explorer/views.py has the trade-off and the measurements).
+DEFAULT_VIEWS = 16
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,12 +70,26 @@ class Recipe(Strict):
     schedule: str = Field("cosine", description=f"LR schedule: {', '.join(SCHEDULES)}")
     milestones: tuple[int, ...] = Field((), description="multistep: epochs where lr *= lr_gamma")
     lr_gamma: float = Field(0.2, gt=0, description="multistep: LR factor at each milestone")
+    views: int = Field(DEFAULT_VIEWS, description=(
+        "augmented data, KD on logits: each sample draws one of V fixed crop+flip views whose teacher "
+        f"logits are computed once per search; 0 = live random crops (the teacher runs on every batch); "
+        f"at most {DISTINCT_VIEWS} (every crop)"))
 
     @field_validator("lr", "momentum", "weight_decay", "lr_gamma")
     @classmethod
     def _finite(cls, v):
         if not math.isfinite(v):
             raise ValueError("allowed: a finite number")
+        return v
+
+    @field_validator("views", mode="before")
+    @classmethod
+    def _views(cls, v):
+        if v is None or v == "live":  # `views: live` (or null) in a spec = 0
+            return 0
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= DISTINCT_VIEWS:
+            raise ValueError(f"allowed: a whole number of fixed views per sample from 1 to {DISTINCT_VIEWS}, "
+                             f"or 0 (or live) for live augmentation")
         return v
 
     @field_validator("schedule")

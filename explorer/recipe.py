@@ -135,7 +135,7 @@ class TeacherRecipe:
 
         Fields that cannot change the run are normalised away so equal runs get equal keys:
         milestones and lr_gamma only matter for the multistep schedule; nesterov only with momentum;
-        method hyperparameters are resolved (defaults filled in)."""
+        method hyperparameters are resolved (defaults filled in); views only where they apply (below)."""
         t = self.train
         hp = t.validate()
         multistep = t.schedule == "multistep"
@@ -154,6 +154,13 @@ class TeacherRecipe:
             "method": t.method,
             "method_params": hp,
         }
+        # Fixed teacher views (`views`) change a run only where a teacher's logits on augmented data are
+        # cached: a distilled teacher whose method needs no features. Keyed only there and only when not
+        # live (0), so every key computed before `views` existed still names the same run.
+        augment = getattr(DATASETS.get(self.data.dataset), "augment", None)
+        if (self.parent_key is not None and t.views and augment == "crop_flip"
+                and not get_method(t.method).needs_features):
+            train["views"] = int(t.views)
         return _norm({"schema": SCHEMA_VERSION, "kind": "kdx-teacher", "data": self.data.identity(),
                       "train": train, "parent_key": self.parent_key})
 

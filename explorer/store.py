@@ -7,7 +7,7 @@ Layout (a local directory, a shared filesystem path, or any URI pyarrow.fs under
 `<root>/<key>/recipe.json` (the canonical recipe, written before any checkpoint), `ckpt_e<E>.pt` (the
 FULL trainer state after epoch E: model, optimiser, scheduler, data-order RNG, epoch, history),
 `manifest.json` (the commit point: each checkpoint's SHA-256, size and val/test accuracy, the
-per-epoch metrics, the builds) and `<root>/<key>.lock` (the default per-key lock file).
+per-epoch metrics, the builds), `views_*` (logits on fixed views: views.py), `<root>/<key>.lock` (its lock).
 
 A checkpoint is written (atomically) before the manifest that lists it, so the manifest never names
 a file that is not there in full. Every load checks the SHA-256 and uses
@@ -56,14 +56,14 @@ from .recipe import (TeacherRecipe, TeacherRecord, build_command, check_stop_epo
                      manifest_bytes, manifest_problem, new_manifest, plain_metrics, utc_now)
 from .storage import Storage
 from .train import Trainer
+from .views import mark_origin
 
 __all__ = ["LockProvider", "TeacherRecipe", "TeacherRecord", "TeacherStore", "TeacherStoreWarning",
            "check_stop_epochs", "default_store_root"]
 
 log = logging.getLogger("kdx.store")
 
-MANIFEST = "manifest.json"
-RECIPE = "recipe.json"
+MANIFEST, RECIPE = "manifest.json", "recipe.json"
 
 OnEpoch = Callable[[int, dict], None]
 LockProvider = Callable[[str], ContextManager]
@@ -276,7 +276,7 @@ class TeacherStore:
             first = str(e).strip().splitlines()[0]
             raise KdxError(f"teacher {key} epoch {epoch}: {self._show(key, info['file'])} does not fit a "
                            f"{rec.arch} ({first}); rebuild with `{hint}`.") from None
-        model.to(device).eval()
+        mark_origin(model.to(device).eval(), self, key, epoch)  # its logits on views are kept here (views.py)
         return model, dict(info) | {"key": key, "label": rec.label, "arch": rec.arch, "epoch": epoch,
                                     "epochs": rec.epochs, "params": rec.params, "num_classes": rec.num_classes,
                                     "input_shape": list(rec.input_shape)}

@@ -2,9 +2,10 @@
 
 Design points (../shared/DESIGN.md, "Fast by default"):
 - the data is one tensor per split on the training device; batches and augmentation are tensor ops;
-- the teacher runs under `torch.inference_mode()` (bf16 autocast on GPU); when the data is not
-  augmented and the method only needs logits, the teacher's logits for the whole training set are
-  computed once and indexed per batch instead of re-running the teacher every epoch;
+- the teacher runs under `torch.inference_mode()` (bf16 autocast on GPU); when the method only needs
+  logits, the teacher's logits are computed once per training sample and view (the plain images, or
+  V fixed crop+flip views of augmented data, `cfg.views`; kept in the teacher store, explorer/views.py)
+  and indexed per batch instead of re-running the teacher every epoch of every trial;
 - loss sums stay on the device during an epoch (no per-batch `.item()` sync);
 - the full state (model, optimiser, scheduler, RNG, epoch, history) round-trips through
   `state_dict()` / `load_state_dict()`, so a Ray trial can resume from its last epoch.
@@ -26,6 +27,7 @@ from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
 from .features import FeatureTap, feature_paths
 from .methods import LossInputs, check_method_params, get_method
+from .views import teacher_views
 
 
 class Diverged(KdxError):
@@ -177,20 +179,20 @@ class Trainer:
             self.teacher_tap = FeatureTap(self.teacher, feature_paths(self.teacher, self.method.feature_role))
         s = self.splits
         self.teacher_val_acc, _, self.teacher_val_preds = evaluate(self.teacher, s.val_x, s.val_y)
-        # Without augmentation the teacher sees the same inputs every epoch: run it once.
+        # Where the method needs only logits, the teacher runs once per training sample and view, not per
+        # batch: on the V fixed views per sample of augmented data (cfg.views; 0 = live crops, the
+        # teacher runs on every batch) or on the plain images; from the teacher store when the teacher
+        # came from one (explorer/views.py). None = the live path.
         self.teacher_train_logits = None
-        if s.augment == "none" and not self.method.needs_features:
-            logits = [predict_logits(t, s.train_x) for t in teachers]
-            self.teacher_train_logits = logits[0] if len(teachers) == 1 else torch.stack(logits)
+        if not self.method.needs_features:
+            self.teacher_train_logits = teacher_views(teachers, s, self.cfg.views)
 
     @torch.inference_mode()
     def _teacher_outputs(self, xb: Tensor, idx: Tensor):
         """(logits, features) of the teacher for a batch; for an ensemble, a list of logits."""
         several = len(self.teachers) > 1
-        if self.teacher_train_logits is not None:
-            if several:
-                return list(self.teacher_train_logits[:, idx]), None
-            return self.teacher_train_logits[idx], None
+        if self.teacher_train_logits is not None:  # the views `_augment` drew (or the plain images)
+            return self.teacher_train_logits.logits(idx), None
         with _autocast(self.device):
             if self.teacher_tap is not None:
                 logits = self.teacher(xb).float()
@@ -198,6 +200,12 @@ class Trainer:
             if several:
                 return [t(xb).float() for t in self.teachers], None
             return self.teacher(xb).float(), None
+
+    def _augment(self, xb: Tensor, idx: Tensor) -> Tensor:
+        """A batch's images on augmented data: one of each sample's fixed views (drawn from the trainer's
+        generator) when the teacher's logits on them are kept, else a fresh random crop and flip."""
+        views = getattr(self, "teacher_train_logits", None)  # set by _set_teacher (trainers with a teacher)
+        return views.draw(idx, self.generator) if views is not None else augment_batch(xb, self.generator)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -248,7 +256,7 @@ class Trainer:
         for idx in perm.split(self.cfg.batch_size):
             xb, yb = s.train_x[idx], s.train_y[idx]
             if s.augment == "crop_flip":
-                xb = augment_batch(xb, self.generator)
+                xb = self._augment(xb, idx)
             t_logits, t_feats = self._teacher_outputs(xb, idx) if use_teacher else (None, None)
             if t_feats is not None:  # inference tensors cannot be saved for backward (e.g. an MSE target)
                 t_feats = [f.clone() for f in t_feats]
