@@ -165,6 +165,11 @@ def best_trial(rows: pd.DataFrame, metric: str = "score", mode: str = "max") -> 
     return rank_trials(rows, metric, mode).iloc[0]
 
 
+def best_config_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every run (each seed) of the best config among `rows`: the config of their `best_trial`."""
+    return rows[rows["config"] == best_trial(rows)["config"]]
+
+
 def config_value(v):
     """A config value as a trial config holds it: None for "none"/NaN, 4.0 -> 4, Python scalars."""
     if is_none(v):

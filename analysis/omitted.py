@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .cells import mean_interval, per_seed
-from .configs import baselines, best_trial, distilled
+from .configs import baselines, best_config_rows, distilled
 from .words import num, plural
 
 METRIC, TEACHER_METRIC = "test_acc_omitted", "teacher_test_acc_omitted"
@@ -27,11 +27,6 @@ KEYS = ["student", "method", "teacher", "teacher_stop_epoch"]
 COLUMNS = [*KEYS, "omitted_mean", "ci_low", "ci_high", "n_seeds", "teacher_omitted", "base_mean", "base_low",
            "base_high", "base_seeds", "test_acc"]
 SEED000 = (5000, 250)  # seed 000 Table VI's largest and smallest class (CIFAR-10, no validation split)
-
-
-def _best_config_seeds(rows: pd.DataFrame) -> pd.DataFrame:
-    best = best_trial(rows)
-    return rows[rows["config"] == best["config"]]
 
 
 def omitted_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -45,11 +40,11 @@ def omitted_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     base = base[np.isfinite(base[METRIC].astype(float))]
     base_by_student = {}
     for student, group in base.groupby("student", sort=True):
-        mine = _best_config_seeds(group)
+        mine = best_config_rows(group)
         base_by_student[student] = (*mean_interval(per_seed(mine, METRIC), confidence), int(mine["seed"].nunique()))
     rows = []
     for key, group in runs.groupby(KEYS, sort=True):
-        mine = _best_config_seeds(group)
+        mine = best_config_rows(group)
         mean, lo, hi = mean_interval(per_seed(mine, METRIC), confidence)
         teacher = mine[TEACHER_METRIC].astype(float) if TEACHER_METRIC in mine else pd.Series(dtype=float)
         b_mean, b_lo, b_hi, b_n = base_by_student.get(key[0], (np.nan, np.nan, np.nan, 0))

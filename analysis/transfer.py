@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .cells import mean_interval, per_seed
-from .configs import best_trial, distilled
+from .configs import best_config_rows, distilled
 from .plots import _figure, _save
 from .words import num, plural
 
@@ -33,8 +33,8 @@ def transfer_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     runs = runs[np.isfinite(runs[METRIC].astype(float))]
     rows = []
     for key, group in runs.groupby(KEYS, sort=True):
-        best = best_trial(group)
-        mine = group[group["config"] == best["config"]]
+        mine = best_config_rows(group)
+        best = mine.iloc[0]
         mean, lo, hi = mean_interval(per_seed(mine, METRIC), confidence)
         rows.append(dict(zip(KEYS, key)) | {
             "teacher_params": best.get("teacher_params"), "transfer_mean": mean, "ci_low": lo, "ci_high": hi,
