@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .adversarial import make_adversary
 from .config import SCHEDULES, TrainConfig  # noqa: F401  (TrainConfig is part of this module's API)
 from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
@@ -122,6 +123,7 @@ class Trainer:
         self.init_epochs = self.method.init_epochs(self.hp)
         self.total_epochs = self.init_epochs + cfg.epochs
         self.history: list[dict] = []
+        self.adversary = make_adversary(cfg, self.splits)  # None: the student trains on the clean batch
         self.teacher = None  # one module, or a TeacherEnsemble of several
         self.teacher_tap = None
         if teachers and self.method.needs_teacher:
@@ -260,6 +262,8 @@ class Trainer:
             t_logits, t_feats = self._teacher_outputs(xb, idx) if use_teacher else (None, None)
             if t_feats is not None:  # inference tensors cannot be saved for backward (e.g. an MSE target)
                 t_feats = [f.clone() for f in t_feats]
+            if self.adversary is not None:  # the student sees x' (the teacher's outputs are on the clean x)
+                xb = self.adversary(self.model, xb, yb, self.generator)
             with _autocast(self.device):
                 logits = self.model(xb)
             feats = self.student_tap.features if self.student_tap is not None else None
