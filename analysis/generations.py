@@ -156,7 +156,7 @@ def compare_generations(store_root: str, spec: SearchSpec | str | Path, arch: st
     members (teacher entries joined by '+'), keys, val_acc, test_acc. Raises KdxError, before any
     evaluation, naming the models missing from the store."""
     from explorer.data import load_splits
-    from explorer.train import predict_logits
+    from explorer.evaluation import predict_logits
 
     spec = _as_spec(spec)
     plan, keys = generation_plan(spec, store_root, arch, generations, seed)

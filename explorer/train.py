@@ -19,14 +19,15 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adversarial import make_adversary
 from .config import SCHEDULES, TrainConfig  # noqa: F401  (TrainConfig is part of this module's API)
 from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
+from .evaluation import TeacherEnsemble, absent_classes, autocast, epoch_scores, evaluate, predict_logits
 from .features import FeatureTap, feature_paths
+from .fused import Broadcast, fuse_models, fuse_problem, member_losses
 from .methods import LossInputs, check_method_params, get_method
 from .views import teacher_views
 
@@ -39,43 +40,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on GPU, nothing on CPU (CPU bf16 is slower than fp32 on most hosts)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits for every row of x, in eval mode and inference mode, as float32."""
-    was_training = model.training
-    model.eval()
-    with _autocast(x.device):
-        out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return out
-
-
-def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float, Tensor]:
-    """(accuracy, mean CE loss, predictions) of `model` on (x, y)."""
-    logits = predict_logits(model, x)
-    preds = logits.argmax(1)
-    return (preds == y).float().mean().item(), F.cross_entropy(logits, y).item(), preds
-
-
 EpochCallback = Callable[[int, dict, "Trainer"], None]
-
-
-class TeacherEnsemble(nn.Module):
-    """Several teachers evaluated as one: logits = log of the mean of their softmax probabilities
-    (for accuracy and agreement). The loss sees each teacher's own logits (a list)."""
-
-    def __init__(self, teachers: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(teachers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        probs = torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
-        return probs.clamp_min(1e-12).log()
 
 
 class Trainer:
@@ -94,7 +59,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device | str | None = None,
-                 teacher: nn.Module | list[nn.Module] | None = None):
+                 teacher: nn.Module | list[nn.Module] | None = None, members: list[int] | None = None):
         self.hp = cfg.validate()
         self.cfg = cfg
         self.method = get_method(cfg.method)
@@ -113,17 +78,29 @@ class Trainer:
                 raise KdxError(f"teacher: {problem}.")
         self.device = torch.device(device) if device is not None else default_device()
         self.splits = splits.to(self.device)
-        torch.manual_seed(cfg.seed)
+        self.adversary = make_adversary(cfg, self.splits)  # None: the student trains on the clean batch
+        # `members`: the seeds of fused members (explorer/fused.py), trained as one model; each gets the
+        # init, data order and draws of a solo run with its seed. None: one run with cfg.seed.
+        self.seeds = list(members) if members else [cfg.seed]
+        self.fused = len(self.seeds) > 1
+        problem = self.fused and (fuse_problem(self.method) or (self.adversary is not None and "adversarial training"))
+        if problem:
+            raise KdxError(f"members: {problem}; allowed: one seed at a time for it.")
         # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode
         # forward gives the logits that are evaluated.
-        self.model = self.method.build_student(cfg.arch, splits.num_classes, splits.input_shape, self.hp).to(self.device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(cfg.seed)
+        models, self.generators = [], []
+        for seed in self.seeds:
+            torch.manual_seed(seed)
+            models.append(self.method.build_student(cfg.arch, splits.num_classes, splits.input_shape,
+                                                    self.hp).to(self.device))
+            self.generators.append(torch.Generator(device=self.device).manual_seed(seed))
+        self.model = fuse_models(models, self.splits.train_x[:2]) if self.fused else models[0]
+        self.generator = self.generators[0]
+        self.diverged: set[int] = set()  # fused members whose loss stopped being finite
         self.epoch = 0  # epochs completed (init stage included)
         self.init_epochs = self.method.init_epochs(self.hp)
         self.total_epochs = self.init_epochs + cfg.epochs
         self.history: list[dict] = []
-        self.adversary = make_adversary(cfg, self.splits)  # None: the student trains on the clean batch
         self.teacher = None  # one module, or a TeacherEnsemble of several
         self.teacher_tap = None
         if teachers and self.method.needs_teacher:
@@ -195,19 +172,23 @@ class Trainer:
         several = len(self.teachers) > 1
         if self.teacher_train_logits is not None:  # the views `_augment` drew (or the plain images)
             return self.teacher_train_logits.logits(idx), None
-        with _autocast(self.device):
+        with autocast(self.device):
             if self.teacher_tap is not None:
                 logits = self.teacher(xb).float()
                 return logits, [f.float() for f in self.teacher_tap.features]
-            if several:
-                return [t(xb).float() for t in self.teachers], None
-            return self.teacher(xb).float(), None
+            flat = xb.flatten(0, 1) if self.fused else xb  # fused members' (S, B, ...) batches as one
+            outs = [t(flat).float().view(*xb.shape[: 1 + self.fused], -1) for t in self.teachers]
+            return (outs if several else outs[0]), None
 
     def _augment(self, xb: Tensor, idx: Tensor) -> Tensor:
         """A batch's images on augmented data: one of each sample's fixed views (drawn from the trainer's
         generator) when the teacher's logits on them are kept, else a fresh random crop and flip."""
         views = getattr(self, "teacher_train_logits", None)  # set by _set_teacher (trainers with a teacher)
-        return views.draw(idx, self.generator) if views is not None else augment_batch(xb, self.generator)
+        if views is not None:
+            return views.draw(idx, self.generators if self.fused else self.generator)
+        if self.fused:  # each member's batch with its own generator
+            return torch.stack([augment_batch(x, g) for x, g in zip(xb, self.generators)])
+        return augment_batch(xb, self.generator)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -220,6 +201,8 @@ class Trainer:
             "init_optimizer": self.init_optimizer.state_dict() if self.init_optimizer is not None else {},
             "init_scheduler": self.init_scheduler.state_dict() if self.init_scheduler is not None else {},
             "generator": self.generator.get_state(),
+            "generators": [g.get_state() for g in self.generators],
+            "diverged": sorted(self.diverged),
             "epoch": self.epoch,
             "history": self.history,
             "config": self.cfg.as_dict(),
@@ -234,7 +217,9 @@ class Trainer:
         if self.init_optimizer is not None:
             self.init_optimizer.load_state_dict(state["init_optimizer"])
             self.init_scheduler.load_state_dict(state["init_scheduler"])
-        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+        for g, st in zip(self.generators, state.get("generators", [state["generator"]])):
+            g.set_state(st.cpu() if self.device.type == "cpu" else st)
+        self.diverged = set(state.get("diverged", ()))
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
 
@@ -251,11 +236,11 @@ class Trainer:
         if self.modules is not None:
             self.modules.train()
         sums: dict[str, Tensor] = {}
-        total = torch.zeros((), device=self.device)
+        total = 0
         n_seen = 0
         start = time.perf_counter()
-        perm = torch.randperm(len(s.train_y), generator=self.generator, device=self.device)
-        for idx in perm.split(self.cfg.batch_size):
+        perm = torch.stack([torch.randperm(len(s.train_y), generator=g, device=self.device) for g in self.generators])
+        for idx in (perm if self.fused else perm[0]).split(self.cfg.batch_size, dim=-1):  # (S, B) or (B,)
             xb, yb = s.train_x[idx], s.train_y[idx]
             if s.augment == "crop_flip":
                 xb = self._augment(xb, idx)
@@ -264,20 +249,22 @@ class Trainer:
                 t_feats = [f.clone() for f in t_feats]
             if self.adversary is not None:  # the student sees x' (the teacher's outputs are on the clean x)
                 xb = self.adversary(self.model, xb, yb, self.generator)
-            with _autocast(self.device):
+            with autocast(self.device):
                 logits = self.model(xb)
             feats = self.student_tap.features if self.student_tap is not None else None
             inputs = LossInputs(logits, yb, epoch, t_logits, feats, t_feats, self.modules, x=xb,
                                 run_student=self._run_student, run_teacher=self._run_teacher if use_teacher else None,
                                 generator=self.generator, epochs=self.cfg.epochs)
-            terms = loss_terms(inputs, hp)
+            # fused members: each term per member (S,), each on its own rows; their sum gives every
+            # member its solo gradient
+            terms = member_losses(loss_terms, inputs, hp) if self.fused else loss_terms(inputs, hp)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()
             optimizer.step()
-            n = len(yb)
+            n = yb.shape[-1]
             n_seen += n
-            total += loss.detach() * n
+            total = total + loss.detach() * n
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach() * n
         if self.device.type == "cuda":
@@ -285,64 +272,72 @@ class Trainer:
         seconds = time.perf_counter() - start
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        train_loss = (total / n_seen).item()
-        if not math.isfinite(train_loss):
-            raise Diverged(f"training loss became {train_loss} at epoch {epoch}; the run stopped.")
-        metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
-        if self.init_epochs:
-            metrics["stage"] = 1 if init_stage else 2
-        # Every loss term the method returned, as train_<term>; ce and kd always (0 when absent) so
-        # epochs with the KD term switched off keep one column.
-        for k in ("ce", "kd"):
-            metrics[f"train_{k}"] = 0.0
-        for k, v in sums.items():
-            metrics[f"train_{k}"] = (v / n_seen).item()
+        head = {"epoch": epoch, "lr": lr} | ({"stage": 1 if init_stage else 2} if self.init_epochs else {})
+        rows = self._train_rows(epoch, total / n_seen, {k: v / n_seen for k, v in sums.items()})
         start = time.perf_counter()
-        metrics.update(self._eval_metrics())
-        metrics["eval_seconds"] = time.perf_counter() - start
-        metrics["epoch_seconds"] = seconds
-        metrics["samples_per_second"] = n_seen / seconds if seconds > 0 else float("inf")
+        for i, scores in enumerate(self._eval_metrics()):
+            if i not in self.diverged:
+                rows[i] |= scores
+        timing = {"eval_seconds": time.perf_counter() - start, "epoch_seconds": seconds,
+                  "samples_per_second": len(self.seeds) * n_seen / seconds if seconds > 0 else float("inf")}
+        if self.fused:  # the members' mean (a diverged member's val_acc counts as 0), and each member's row
+            keys = [k for k in next(r for i, r in enumerate(rows) if i not in self.diverged) if k != "seed"]
+            mean = {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
+            metrics = head | mean | timing | {"members": [head | r for r in rows]}
+        else:
+            metrics = head | rows[0] | timing
         self.epoch = epoch
         self.history.append(metrics)
         return metrics
 
+    def _train_rows(self, epoch: int, loss: Tensor, terms: dict[str, Tensor]) -> list[dict]:
+        """Each member's training metrics: train_loss and every loss term the method returned, as
+        train_<term> (ce and kd always, 0 when absent, so epochs with the KD term off keep one column).
+        A member whose loss is not finite has diverged: a solo run stops; a fused member is reported
+        as diverged (val_acc 0, as a solo run's last report) while the others go on, each on its own
+        channels, until all have diverged."""
+        losses = loss.reshape(-1).tolist()
+        terms = {k: v.reshape(-1).tolist() for k, v in terms.items()}
+        rows = []
+        for i, seed in enumerate(self.seeds):
+            if not math.isfinite(losses[i]) and i not in self.diverged:
+                if not self.fused:
+                    raise Diverged(f"training loss became {losses[i]} at epoch {epoch}; the run stopped.")
+                self.diverged.add(i)
+            if i in self.diverged:
+                rows.append({"seed": seed, "diverged": 1.0, "val_acc": 0.0})
+                continue
+            row = {"train_loss": losses[i], "train_ce": 0.0, "train_kd": 0.0}
+            rows.append(row | {f"train_{k}": v[i] for k, v in terms.items()} | ({"seed": seed} if self.fused else {}))
+        if len(self.diverged) == len(self.seeds):
+            raise Diverged(f"training loss of every member became non-finite by epoch {epoch}; the run stopped.")
+        return rows
+
     def _run_student(self, x: Tensor) -> Tensor:
         """An extra train-mode forward of the student (a method's second view or attacked samples)."""
-        with _autocast(self.device):
+        with autocast(self.device):
             return self.model(x)
 
     def _run_teacher(self, x: Tensor) -> Tensor:
         """The teacher's logits for `x` (eval mode, frozen weights, float32), differentiable in `x`."""
-        with _autocast(self.device):
+        with autocast(self.device):
             return self.teacher(x).float()
 
-    def _eval_metrics(self) -> dict:
+    def _eval_metrics(self) -> list[dict]:
+        """Each member's val/test metrics (explorer/evaluation.py `epoch_scores`)."""
         s = self.splits
-        val_acc, val_loss, val_preds = evaluate(self.model, s.val_x, s.val_y)
-        test_acc, test_loss, test_preds = evaluate(self.model, s.test_x, s.test_y)
-        out = {"val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc, "test_loss": test_loss}
+        model = Broadcast(self.model) if self.fused else self.model
+        val, test = (predict_logits(model, x).view(len(x), len(self.seeds), -1).transpose(0, 1)
+                     for x in (s.val_x, s.test_x))
+        teacher = None
         if self.teacher is not None:
-            out["kd_agreement"] = (val_preds == self.teacher_val_preds).float().mean().item()
-            out["teacher_val_acc"] = self.teacher_val_acc
-        # The training split as used: its class counts before label noise (the imbalance actually applied),
-        # and the classes it lacks (omit_classes), with the accuracy on their val/test samples, the model's
-        # and (a clean teacher saw them) its teacher's: `<split>_acc_omitted`, `teacher_<split>_acc_omitted`.
-        counts = torch.bincount(s.train_clean_y, minlength=s.num_classes)
-        out |= {"class_count_max": int(counts.max()), "class_count_min": int(counts[counts > 0].min())}
-        absent = torch.nonzero(torch.bincount(s.train_y, minlength=s.num_classes) == 0).flatten()
-        if len(absent):
-            teacher = {}
-            if self.teacher is not None:
+            teacher = {"val": self.teacher_val_preds}
+            if len(absent_classes(s)):
                 if getattr(self, "_teacher_test_preds", None) is None:  # the frozen teacher: once per trainer
                     self._teacher_test_preds = evaluate(self.teacher, s.test_x, s.test_y)[2]
-                teacher = {"val": self.teacher_val_preds, "test": self._teacher_test_preds}
-            for split, y, preds in (("val", s.val_y, val_preds), ("test", s.test_y, test_preds)):
-                mask = torch.isin(y, absent)
-                if mask.any():
-                    out[f"{split}_acc_omitted"] = (preds[mask] == y[mask]).float().mean().item()
-                    if split in teacher:
-                        out[f"teacher_{split}_acc_omitted"] = (teacher[split][mask] == y[mask]).float().mean().item()
-        return out
+                teacher["test"] = self._teacher_test_preds
+        rows = [epoch_scores(s, v, t, teacher) for v, t in zip(val, test)]
+        return [r | {"teacher_val_acc": self.teacher_val_acc} if teacher else r for r in rows]
 
     def run(self, callback: EpochCallback | None = None) -> list[dict]:
         """Train from the current epoch to `total_epochs`; return the per-epoch history."""

@@ -106,7 +106,8 @@ def cmd_train(args):
             raise bad_value("--device", args.device, "this machine has no CUDA GPU that torch can use; allowed: cpu")
     from .data import load_splits
     from .methods import get_method, hparam_names
-    from .train import Trainer, evaluate
+    from .evaluation import evaluate
+    from .train import Trainer
 
     method = args.method or ("kd" if args.teacher else "ce")
     m = get_method(method)
@@ -150,7 +151,7 @@ def cmd_train(args):
         teacher, t_final, kind = obtain_teacher(args, spec, splits, args.device)
         result |= {"teacher": args.teacher, "teacher_kind": kind, "teacher_key": t_final["key"]}
         if t_final["val_acc"] is None:  # an ensemble: evaluate it as one
-            from .train import TeacherEnsemble
+            from .evaluation import TeacherEnsemble
 
             ens = TeacherEnsemble(teacher)
             s = splits

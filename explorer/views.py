@@ -136,10 +136,15 @@ class TeacherViews:
         self.x = train_x
         self._drawn: tuple[Tensor, Tensor] | None = None
 
-    def draw(self, idx: Tensor, generator: torch.Generator | None) -> Tensor:
-        v = torch.randint(0, self.views, idx.shape, generator=generator, device=idx.device)
+    def draw(self, idx: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+        """One view per sample of `idx`: (B,) with one generator, or (S, B) with one per fused member
+        (explorer/fused.py), each member drawing from its own generator as a solo run would."""
+        gens = generator if isinstance(generator, list) else [generator]
+        rows = idx.view(len(gens), -1)
+        v = torch.stack([torch.randint(0, self.views, r.shape, generator=g, device=idx.device)
+                         for r, g in zip(rows, gens)]).view(idx.shape)
         self._drawn = (idx, v)
-        return view_images(self.x, idx, v)
+        return view_images(self.x, idx.flatten(), v.flatten()).view(*idx.shape, *self.x.shape[1:])
 
     def logits(self, idx: Tensor) -> Tensor | list[Tensor]:
         if self.augmented:

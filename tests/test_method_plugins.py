@@ -14,7 +14,8 @@ from explorer.config import TrainConfig
 from explorer.data import DataSpec, load_splits
 from explorer.methods import METHODS, TEMPERATURE, LossInputs, Method, register
 from explorer.models import build_model, count_params
-from explorer.train import Trainer, predict_logits
+from explorer.evaluation import predict_logits
+from explorer.train import Trainer
 
 
 @dataclass(frozen=True)

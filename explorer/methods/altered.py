@@ -166,9 +166,9 @@ class AlteredKD(Method):
         weak, strong = teachers
         logits, y, T = inputs.student_logits.float(), inputs.targets, hp["temperature"]
         mask = subset_mask(hp["subset"], weak, logits, y, T)
-        target = soft(weak, y, T)[0]
-        if bool(mask.any()):
-            target = torch.where(mask.view(-1, 1), altered_target(self.scheme, weak, strong, logits, y, hp), target)
+        # no branch on the mask's values: fused members' losses are vmapped (explorer/fused.py)
+        target = torch.where(mask.view(-1, 1), altered_target(self.scheme, weak, strong, logits, y, hp),
+                             soft(weak, y, T)[0])
         alpha = hp["alpha"]
         ce = F.cross_entropy(logits, y)
         return {"ce": (1.0 - alpha) * ce, "kd": alpha * soft_kl(logits, target, T)}

@@ -121,6 +121,9 @@ class Method:
     # True when the method reads per-position feature maps (attention maps, flow matrices): refused on
     # architectures whose features have no spatial/temporal axis (MLPs), see `arch_problem`.
     spatial_features: bool = False
+    # True when the loss runs the student or the teacher again (a second view, an attack): such a method
+    # cannot train fused members (explorer/fused.py), whose loss sees one member's logits at a time.
+    extra_forwards: bool = False
 
     @property
     def needs_features(self) -> bool:

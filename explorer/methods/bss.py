@@ -109,7 +109,7 @@ register(BoundarySupportingSamples(
     description="CE + decaying KD + KD on adversarial samples moved towards the teacher's decision boundary",
     source="Heo et al. AAAI 2019 and the authors' code (weights, attack); seed 000 table I (T=4, attack "
            "size 32, 10 steps)",
-    needs_teacher=True, teacher_kinds=("plain", "distilled"),
+    needs_teacher=True, teacher_kinds=("plain", "distilled"), extra_forwards=True,
     hparams=(
         TEMPERATURE,
         HParam("attack_size", 32, low=1, integer=True, help="bss: base samples attacked per batch"),

@@ -43,8 +43,8 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, t
     T = temperature
     s, t = student_logits.float() / T, teacher_logits.float() / T
     label = F.one_hot(targets, s.shape[1]).bool()
-    p_s = F.softmax(s, 1).masked_select(label)
-    p_t = F.softmax(t, 1).masked_select(label)
+    p_s = F.softmax(s, 1).gather(1, targets.view(-1, 1)).squeeze(1)
+    p_t = F.softmax(t, 1).gather(1, targets.view(-1, 1)).squeeze(1)
     tckd = _binary_kl(p_t, p_s).mean() * T**2
     # the label's logit pushed to -inf: a softmax over the non-target classes only
     log_q_s = F.log_softmax(s.masked_fill(label, float("-inf")), 1).masked_fill(label, 0.0)

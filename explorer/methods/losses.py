@@ -40,4 +40,4 @@ def smoothed_targets(targets: Tensor, num_classes: int, confidence: float) -> Te
     """`confidence` on the labelled class, (1 - confidence)/(K - 1) on each other class (seed 002 eq. 3)."""
     other = (1.0 - confidence) / (num_classes - 1)
     q = torch.full((len(targets), num_classes), other, device=targets.device)
-    return q.scatter_(1, targets.view(-1, 1), confidence)
+    return q.scatter(1, targets.view(-1, 1), confidence)  # out of place: per-member losses are vmapped

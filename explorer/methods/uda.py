@@ -50,7 +50,7 @@ register(UDADistillation(
     description="Hinton KD on the batch and on a RandAugment view of it, summed",
     source="seed 001 section 4.0.3 (UDA-Cifar loss); RandAugment: Cubuk et al. 2020, N=2, M=9 "
            "(torchvision's default; the seed gives none)",
-    needs_teacher=True, teacher_kinds=("plain", "distilled"),
+    needs_teacher=True, teacher_kinds=("plain", "distilled"), extra_forwards=True,
     hparams=KD_HPARAMS + (
         HParam("ra_ops", 2, low=1, high=len(OPS), integer=True, help="uda: RandAugment operations per sample (N)"),
         HParam("ra_magnitude", 9.0, low=0.0, high=NUM_BINS - 1, help="uda: RandAugment magnitude M on 0..30"),

@@ -1,0 +1,119 @@
+"""Fused seeds against solo runs (issue 11, benchmark b), measured side by side in one run.
+
+S members trained as one fused model (explorer/fused.py: `Trainer(..., members=seeds)`) against the same
+S seeds trained one by one with the same `Trainer`. Each round times one fused epoch and one epoch of
+every solo trainer, in turn, so load on the host hits both alike; the ratio is the solo trainers'
+summed epoch time over the fused epoch time (the throughput ratio), per round, and its median.
+`train` counts the training loop only (`epoch_seconds`); `wall` adds the per-epoch val/test evaluation.
+
+    .venv/bin/python benchmarks/fused_speed.py [--members 8] [--reps 3] [--threads 1] [--device cuda]
+
+Writes benchmarks/results/fused_speed[_<device>].json. The default of one thread is a Ray trial's
+(`resources.trial.cpus: 1`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from explorer.data import DataSpec, load_splits  # noqa: E402
+from explorer.models import build_model  # noqa: E402
+from explorer.train import TrainConfig, Trainer  # noqa: E402
+
+SETTINGS = {
+    # name: dataset, image side (None: as loaded), student, method, teacher
+    "mnist1d cnn1d_w4 kd": ("mnist1d", None, "cnn1d_w4", "kd", "cnn1d_w64"),
+    "mnist1d cnn1dbn_w8 kd (the quickstart's student)": ("mnist1d", None, "cnn1dbn_w8", "kd", "cnn1dbn_w64"),
+    "fake 3x32x32 crop+flip resnet8 ce": ("fake", 32, "resnet8", "ce", None),
+    "fake 3x32x32 crop+flip resnet20 ce": ("fake", 32, "resnet20", "ce", None),
+}
+
+
+def splits_of(dataset: str, side: int | None, device):
+    s = load_splits(DataSpec(dataset))
+    if side is not None and side != s.input_shape[-1]:
+        up = {k: F.interpolate(getattr(s, k), size=(side, side), mode="bilinear", align_corners=False)
+              for k in ("train_x", "val_x", "test_x")}
+        s = replace(s, input_shape=(s.input_shape[0], side, side), **up)
+    return s.to(device)
+
+
+def teacher_of(arch: str | None, splits, device):
+    if arch is None:
+        return None
+    torch.manual_seed(0)
+    return build_model(arch, splits.num_classes, splits.input_shape).to(device).eval()
+
+
+def bench(name: str, members: int, reps: int, device) -> dict:
+    dataset, side, arch, method, teacher_arch = SETTINGS[name]
+    splits = splits_of(dataset, side, device)
+    teacher = teacher_of(teacher_arch, splits, device)
+    seeds = list(range(members))
+    cfg = TrainConfig(arch, epochs=reps + 1, method=method, schedule="constant", batch_size=128,
+                      method_params={"temperature": 4.0, "alpha": 0.9} if method == "kd" else {})
+    fused = Trainer(cfg, splits, device, teacher=teacher, members=seeds)
+    solos = [Trainer(cfg.model_copy(update={"seed": s}), splits, device, teacher=teacher) for s in seeds]
+    rounds = []
+    for rep in range(reps + 1):  # the first round warms up
+        start = time.perf_counter()
+        f = fused.train_epoch()
+        f_wall = time.perf_counter() - start
+        s_train = s_wall = 0.0
+        for tr in solos:
+            start = time.perf_counter()
+            s_train += tr.train_epoch()["epoch_seconds"]
+            s_wall += time.perf_counter() - start
+        if rep:
+            rounds.append({"fused_train_s": f["epoch_seconds"], "fused_wall_s": f_wall,
+                           "solo_train_s": s_train, "solo_wall_s": s_wall})
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    return {"setting": name, "members": members, "train_samples": len(splits.train_y), "device": str(device),
+            "threads": torch.get_num_threads(),
+            "solo_train_s": round(med["solo_train_s"], 3), "fused_train_s": round(med["fused_train_s"], 3),
+            "train_ratio": round(statistics.median(r["solo_train_s"] / r["fused_train_s"] for r in rounds), 2),
+            "wall_ratio": round(statistics.median(r["solo_wall_s"] / r["fused_wall_s"] for r in rounds), 2),
+            "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--members", type=int, default=8, help="S: seeds per fused model")
+    p.add_argument("--reps", type=int, default=3, help="timed rounds (after one warm-up round)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (a Ray trial with cpus: 1 has one)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--only", action="append", help="run only settings whose name contains this text")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    out = []
+    for name in SETTINGS:
+        if a.only and not any(o in name for o in a.only):
+            continue
+        r = bench(name, a.members, a.reps, device)
+        out.append(r)
+        print(f"{name}: {a.members} solo epochs {r['solo_train_s']:.2f}s, fused {r['fused_train_s']:.2f}s: "
+              f"train {r['train_ratio']:.2f}x, with eval {r['wall_ratio']:.2f}x", flush=True)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    path = ROOT / "benchmarks" / "results" / f"fused_speed{suffix}.json"
+    done = {r["setting"] for r in out}  # a run with --only replaces its settings' rows, keeps the others
+    kept = [r for r in json.loads(path.read_text()) if r["setting"] not in done] if path.exists() else []
+    path.write_text(json.dumps(kept + out, indent=1) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

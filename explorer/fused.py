@@ -1,0 +1,161 @@
+"""Fused training of several members (issue 11): the seeds of one config trained as one model.
+
+S members of one architecture become one wide model, as HFTA does (Wang et al., MLSys 2021, "horizontally
+fused training arrays"): every Conv becomes one grouped Conv with S times the channels and S times the
+groups, every BatchNorm one BatchNorm over S times the channels, every Linear one batched matmul.
+Activations travel member-major along the channel axis, so member s owns channels
+[s*C, (s+1)*C) of every layer, its own batch-norm statistics included; parameter-free layers (ReLU,
+pooling, flatten, residual sums) act on each channel alone and need no change. A tiny model is far from
+the compute limit on CPU and GPU (its time is kernel launches and Python), so S members cost about
+what one does (`benchmarks/fused_speed.py`).
+
+Why grouped layers and not `torch.func.vmap` over stacked weights: vmap measured 1.37x over solo runs on
+this project's CPU (grouped layers 2.4x for 5 members), and in-place batch-norm running statistics
+under vmap need every buffer batched by hand.
+
+Each member keeps its own init (its seed's), its own data order and augmentation draws (its own
+generator) and reports its own metrics; its loss is computed on its own rows (the method's loss is
+`vmap`ped over members, so losses that look across a batch never mix members) and the members' losses are
+summed, so each member's gradient is exactly its solo gradient, and SGD (momentum and weight decay
+act per element) takes the solo step. `fuse_models` checks that the fused forward equals every member's
+own forward before it is used; an architecture whose forward mixes channels in another way (a channel
+concatenation or padding) is refused, not trained wrong. Members share the recipe and the method's
+hyperparameters (several configs in one fused model would need per-member learning rates).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from .errors import KdxError
+from .methods import LossInputs, Method
+
+# kl_div has no vmap batching rule yet: torch falls back to a loop over members and says so per call
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+
+_CONVS = (nn.Conv1d, nn.Conv2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class FusedLinear(nn.Module):
+    """S Linear layers as one batched matmul on member-major features: (B, S*in) -> (B, S*out).
+    The weight is stored as (S*out, in) and the bias as (S*out,), member-major like every fused tensor."""
+
+    def __init__(self, members: int, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.members, self.in_features, self.out_features = members, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(members * out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(members * out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        s, b = self.members, x.shape[0]
+        w = self.weight.view(s, self.out_features, self.in_features)
+        out = torch.bmm(x.view(b, s, self.in_features).transpose(0, 1), w.transpose(1, 2))  # (S, B, out)
+        if self.bias is not None:
+            out = out + self.bias.view(s, 1, self.out_features)
+        return out.transpose(0, 1).reshape(b, s * self.out_features)
+
+
+def _wide(module: nn.Module, s: int) -> nn.Module | None:
+    """The fused counterpart of one leaf layer, None for layers without parameters (kept as they are)."""
+    if isinstance(module, _CONVS):
+        return type(module)(module.in_channels * s, module.out_channels * s, module.kernel_size, module.stride,
+                            module.padding, module.dilation, module.groups * s, module.bias is not None,
+                            module.padding_mode)
+    if isinstance(module, _NORMS):
+        return type(module)(module.num_features * s, module.eps, module.momentum, module.affine,
+                            module.track_running_stats)
+    if isinstance(module, nn.Linear):
+        return FusedLinear(s, module.in_features, module.out_features, module.bias is not None)
+    if next(module.parameters(recurse=False), None) is not None or next(module.buffers(recurse=False), None) is not None:
+        raise KdxError(f"members: layer {type(module).__name__} cannot be fused; allowed: models built from "
+                       "Conv1d/Conv2d, BatchNorm1d/2d, Linear and parameter-free layers (train the seeds one by one)")
+    return None
+
+
+class FusedModel(nn.Module):
+    """S members as one module: `forward(x)` takes (S, B, *input) (member s's batch at [s]) and returns
+    (S, B, classes). `member_state_dict(s)` is member s's own state dict (loadable into a solo model)."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.members = len(models)
+        body = copy.deepcopy(models[0])
+        for name, module in list(body.named_modules()):
+            wide = _wide(module, self.members) if name else None
+            if wide is not None:
+                parent, _, leaf = name.rpartition(".")
+                setattr(body.get_submodule(parent) if parent else body, leaf, wide)
+        states = [m.state_dict() for m in models]
+        body.load_state_dict({k: torch.cat([st[k] for st in states]) if v.dim() else v
+                              for k, v in states[0].items()})
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        s, b = x.shape[:2]
+        # member-major channels: (S, B, C, ...) -> (B, S*C, ...); a flat sample (S, B, L) is one channel each
+        x = x.transpose(0, 1)
+        x = x.reshape(b, s * x.shape[2], *x.shape[3:]) if x.dim() > 3 else x
+        out = self.body(x)
+        return out.view(b, s, -1).transpose(0, 1)
+
+    def member_state_dict(self, s: int) -> dict[str, Tensor]:
+        return {k: (v.chunk(self.members)[s] if v.dim() else v).clone() for k, v in self.body.state_dict().items()}
+
+
+def fuse_models(models: list[nn.Module], probe: Tensor) -> FusedModel:
+    """The members as one FusedModel, checked on `probe` (a few input samples): in eval mode, the fused
+    forward must equal each member's own, else the architecture is refused."""
+    fused = FusedModel(models).to(probe.device)
+    was = [m.training for m in models]
+    with torch.no_grad():
+        for m in models:
+            m.eval()
+        fused.eval()
+        got = fused(probe.expand(len(models), *probe.shape))
+        want = torch.stack([m(probe) for m in models])
+        for m, w in zip(models, was):
+            m.train(w)
+    fused.train()
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise KdxError(f"members: architecture {getattr(models[0], 'arch', type(models[0]).__name__)!r} mixes "
+                       "channels in a way fused training cannot follow; allowed: one seed at a time for it")
+    return fused
+
+
+def fuse_problem(method: Method) -> str | None:
+    """Why members trained with `method` cannot be fused, or None."""
+    if method.needs_features:
+        return f"method {method.name!r} reads intermediate features"
+    if method.extra_forwards:
+        return f"method {method.name!r} runs the student or teacher again inside its loss"
+    if type(method).build_student is not Method.build_student:
+        return f"method {method.name!r} trains its own kind of student module"
+    return None
+
+
+def member_losses(loss_terms, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
+    """The method's loss terms of every member on its own rows: `inputs` hold (S, B, ...) tensors; the
+    result maps each term to an (S,) tensor. The loss is vmapped, so it sees one member's batch."""
+
+    def one(logits, targets, teacher_logits):
+        return loss_terms(LossInputs(logits, targets, inputs.epoch, teacher_logits, epochs=inputs.epochs), hp)
+
+    teacher = inputs.teacher_logits
+    return torch.func.vmap(one, in_dims=(0, 0, None if teacher is None else 0))(
+        inputs.student_logits, inputs.targets, teacher)
+
+
+class Broadcast(nn.Module):
+    """A FusedModel evaluated on one shared input: (B, *input) -> (B, S, classes)."""
+
+    def __init__(self, fused: FusedModel):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fused(x.expand(self.fused.members, *x.shape)).transpose(0, 1)

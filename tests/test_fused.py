@@ -1,0 +1,171 @@
+"""Fused training of several seeds as one model (explorer/fused.py): a fused member is its solo run.
+
+The reference is always the solo `Trainer` with the member's seed, trained separately: after the same
+epochs a fused member's weights, batch-norm statistics and metrics must equal the solo run's within
+float tolerance (grouped convolutions sum in another order). The resnet checks take two steps of 128
+without oneDNN: its grouped and plain 2-D convolutions differ in the last bits of a gradient (about
+3e-6 relative, measured), and on these random labels training is chaotic (a 1e-7 relative change of a
+solo run's init grows to 2e-2 in four steps of 64), so longer checks would compare noise."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from explorer.data import DataSpec, load_splits
+from explorer.errors import KdxError
+from explorer.fused import fuse_models, fuse_problem, member_losses
+from explorer.methods import METHODS, LossInputs, get_method
+from explorer.models import build_model
+from explorer.train import TrainConfig, Trainer
+
+SEEDS = [3, 7, 11]
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _cut(s, n):
+    return replace(s, train_x=s.train_x[:n].contiguous(), train_y=s.train_y[:n], train_clean_y=s.train_clean_y[:n])
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return _cut(load_splits(DataSpec("mnist1d")), 600)
+
+
+@pytest.fixture(scope="module")
+def img():
+    """3x16x16 images with crop+flip augmentation."""
+    return _cut(load_splits(DataSpec("fake")), 256)
+
+
+def _teacher(splits, arch):
+    torch.manual_seed(0)
+    return build_model(arch, splits.num_classes, splits.input_shape).eval()
+
+
+def _assert_members_equal_solo(cfg, splits, teacher_arch=None):
+    teacher = _teacher(splits, teacher_arch) if teacher_arch else None
+    fused = Trainer(cfg, splits, device="cpu", teacher=teacher, members=SEEDS)
+    history = fused.run()
+    for i, seed in enumerate(SEEDS):
+        solo = Trainer(cfg.model_copy(update={"seed": seed}), splits, device="cpu", teacher=teacher)
+        solo_history = solo.run()
+        member = fused.model.member_state_dict(i)
+        for name, want in solo.model.state_dict().items():
+            assert torch.allclose(member[name].float(), want.float(), **TOL), (seed, name)
+        for got, want in zip(history, solo_history):
+            row = got["members"][i]
+            assert row["seed"] == seed
+            for key in ("val_acc", "test_acc", "train_loss", "train_kd"):
+                assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (seed, key)
+    # the trial-level numbers are the members' means
+    last = history[-1]
+    assert last["val_acc"] == pytest.approx(sum(r["val_acc"] for r in last["members"]) / len(SEEDS))
+
+
+@pytest.mark.parametrize("arch", ["cnn1dbn_w8", "cnn1d_w4", "mlp_32x2"])
+def test_fused_kd_members_equal_solo_runs_on_sequences(seq, arch):
+    cfg = TrainConfig(arch, epochs=2, method="kd", batch_size=64, lr=0.05,
+                      method_params={"temperature": 4.0, "alpha": 0.9})
+    _assert_members_equal_solo(cfg, seq, teacher_arch="cnn1dbn_w16")
+
+
+def test_fused_ce_members_equal_solo_runs_on_augmented_images(img):
+    """Live crop+flip: each member draws its own crops from its own generator."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        _assert_members_equal_solo(TrainConfig("resnet8", epochs=1, batch_size=128, lr=0.05), img)
+
+
+def test_fused_kd_members_draw_their_own_fixed_views(img):
+    """Teacher logits on V fixed views: each member draws its views as its solo run does."""
+    cfg = TrainConfig("resnet8", epochs=1, method="kd", batch_size=128, views=4)
+    with torch.backends.mkldnn.flags(enabled=False):
+        _assert_members_equal_solo(cfg, img, teacher_arch="resnet8")
+
+
+def test_fused_resume_is_exact(seq, tmp_path):
+    cfg = TrainConfig("cnn1dbn_w8", epochs=3, batch_size=64)
+    whole = Trainer(cfg, seq, device="cpu", members=SEEDS)
+    whole.run()
+    first = Trainer(cfg, seq, device="cpu", members=SEEDS)
+    first.train_epoch()
+    state = first.state_dict()
+    second = Trainer(cfg, seq, device="cpu", members=SEEDS)
+    second.load_state_dict(state)
+    second.run()
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k]), k
+    assert second.history[-1]["members"] == whole.history[-1]["members"]
+
+
+def test_a_diverged_member_is_reported_and_the_others_go_on(seq):
+    """A member whose weights are not finite diverges alone: the other members still equal their solo
+    runs, and its rows say diverged with val_acc 0 (as a solo run's last report)."""
+    cfg = TrainConfig("cnn1dbn_w8", epochs=2, batch_size=64)
+    fused = Trainer(cfg, seq, device="cpu", members=SEEDS)
+    with torch.no_grad():
+        fc = fused.model.body.fc.weight
+        fc.view(len(SEEDS), -1, fc.shape[1])[1] = float("nan")
+    history = fused.run()
+    assert history[-1]["members"][1] == {"epoch": 2, "lr": history[-1]["lr"], "seed": SEEDS[1], "diverged": 1.0,
+                                         "val_acc": 0.0}
+    solo = Trainer(cfg.model_copy(update={"seed": SEEDS[0]}), seq, device="cpu").run()
+    assert history[-1]["members"][0]["val_acc"] == pytest.approx(solo[-1]["val_acc"], abs=1e-6)
+    rows = history[-1]["members"]
+    assert history[-1]["val_acc"] == pytest.approx(sum(r["val_acc"] for r in rows) / 3)
+
+
+def _logit_methods():
+    return sorted(name for name, m in METHODS.items() if fuse_problem(m) is None)
+
+
+@pytest.mark.parametrize("name", _logit_methods())
+def test_every_fusable_method_loss_is_per_member(name):
+    """The vmapped loss of S members equals the method's loss on each member's rows alone."""
+    method = get_method(name)
+    hp = method.resolve({})
+    g = torch.Generator().manual_seed(0)
+    s, b, k = 3, 16, 10
+    logits = torch.randn(s, b, k, generator=g)
+    targets = torch.randint(0, k, (s, b), generator=g)
+    pair = method.needs_teacher and method.teacher_problem("plain") is not None  # the alter_* t-, t+ pair
+    teacher = None
+    if method.needs_teacher:
+        teacher = [torch.randn(s, b, k, generator=g) for _ in range(2)] if pair else torch.randn(s, b, k, generator=g)
+    got = member_losses(method.losses, LossInputs(logits, targets, 3, teacher, epochs=10), hp)
+    for i in range(s):
+        mine = None if teacher is None else [t[i] for t in teacher] if pair else teacher[i]
+        want = method.losses(LossInputs(logits[i], targets[i], 3, mine, epochs=10), hp)
+        assert set(got) == set(want)
+        for term, value in want.items():
+            assert torch.allclose(got[term][i], value, rtol=1e-5, atol=1e-6), (name, term)
+
+
+@pytest.mark.parametrize("method,why", [("at", "reads intermediate features"), ("bss", "runs the student or teacher"),
+                                        ("dml", "its own kind of student")])
+def test_methods_that_cannot_fuse_are_refused_in_one_sentence(seq, method, why):
+    cfg = TrainConfig("cnn1dbn_w8", epochs=1, method=method)
+    teacher = _teacher(seq, "cnn1dbn_w16")
+    with pytest.raises(KdxError, match=f"^members: method '{method}' .*{why}.*allowed: one seed at a time"):
+        Trainer(cfg, seq, device="cpu", teacher=teacher, members=[0, 1])
+
+
+def test_fusing_checks_the_forward_of_every_member():
+    """A model whose forward mixes channels (here: reverses them) is refused rather than trained wrong."""
+
+    class Mixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(1, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.conv(x.unsqueeze(1) if x.dim() == 2 else x).flip(1).mean(2)
+            return self.fc(h)
+
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(Mixer())
+    with pytest.raises(KdxError, match="^members: architecture 'Mixer' mixes channels"):
+        fuse_models(models, torch.randn(2, 8))
