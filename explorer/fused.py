@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import KdxError
-from .methods import LossInputs, Method
+from .methods import LossInputs, Method, get_method
 
 # kl_div has no vmap batching rule yet: torch falls back to a loop over members and says so per call
 warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
@@ -136,6 +136,11 @@ def fuse_problem(method: Method) -> str | None:
     if type(method).build_student is not Method.build_student:
         return f"method {method.name!r} trains its own kind of student module"
     return None
+
+
+def member_problem(cfg) -> str | None:
+    """Why runs of the TrainConfig `cfg` cannot train as fused members, or None."""
+    return fuse_problem(get_method(cfg.method))
 
 
 def member_losses(loss_terms, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:

@@ -60,6 +60,11 @@ class ConfirmSection(Strict):
     cells: list[str] = Field(["teacher", "teacher_stop_epoch"],
                              description="the params whose every combination is a cell (the student's searched "
                                          "architecture is always one more)")
+    fuse: bool | Literal["auto"] = Field("auto", description=(
+        "train a config's seeds as one fused model (explorer/fused.py) where its method and student allow; "
+        "each seed still gets its own MLflow run with its own metrics. auto: on GPU trials, and on CPU for "
+        "students without 2-D convolutions (benchmarks/fused_speed.py: on 2 CPU cores fused 1-D CNNs train "
+        "2x faster, fused resnets 2x slower, their convolutions being compute-bound there)"))
 
     def check(self, search_seeds: list[int], searched: dict) -> None:
         """Fresh, distinct seeds, and cells keyed on the teacher lists or searched choice/grid axes."""

@@ -8,7 +8,8 @@ Layout of one search in MLflow (experiment = the spec's `name`):
   params; per-epoch metrics (step = epoch);
 - a **trial run** per Ray Tune trial, child of the parent (tag `mlflow.parentRunId`): tags
   `kdx.role=trial`, `trial_id`, `teacher_key` ("none" for the CE baseline), `status`, `kdx.kind`;
-  params `TRIAL_PARAMS`; per-epoch metrics `EPOCH_METRICS` with step = epoch.
+  params `TRIAL_PARAMS`; per-epoch metrics `EPOCH_METRICS` with step = epoch. A trial that trains
+  fused members (its seeds as one model) has one such run per member, tagged `kdx.member` = its seed.
 """
 
 ROLE_TAG = "kdx.role"
@@ -18,6 +19,7 @@ TRIAL_ID_TAG = "trial_id"
 TEACHER_KEY_TAG = "teacher_key"
 STATUS_TAG = "status"
 KIND_TAG = "kdx.kind"
+MEMBER_TAG = "kdx.member"
 
 # Trial outcomes. Only COMPLETED trials enter comparisons; the others are counted and listed.
 COMPLETED, PRUNED, DIVERGED, FAILED, RUNNING = "completed", "pruned", "diverged", "failed", "running"

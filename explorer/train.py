@@ -27,7 +27,7 @@ from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
 from .evaluation import TeacherEnsemble, absent_classes, autocast, epoch_scores, evaluate, predict_logits
 from .features import FeatureTap, feature_paths
-from .fused import Broadcast, fuse_models, fuse_problem, member_losses
+from .fused import Broadcast, fuse_models, member_losses, member_problem
 from .methods import LossInputs, check_method_params, get_method
 from .views import teacher_views
 
@@ -83,7 +83,7 @@ class Trainer:
         # init, data order and draws of a solo run with its seed. None: one run with cfg.seed.
         self.seeds = list(members) if members else [cfg.seed]
         self.fused = len(self.seeds) > 1
-        problem = self.fused and (fuse_problem(self.method) or (self.adversary is not None and "adversarial training"))
+        problem = self.fused and (member_problem(cfg) or (self.adversary is not None and "adversarial training"))
         if problem:
             raise KdxError(f"members: {problem}; allowed: one seed at a time for it.")
         # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode

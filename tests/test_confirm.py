@@ -69,3 +69,24 @@ def test_confirm_reruns_every_searched_value(plan):
     assert sorted((p["student"], p["student.lr"], p["seed"]) for p in base) == [
         ("cnn1d_w4", 0.15, 0), ("cnn1d_w4", 0.15, 1), ("cnn1d_w8", 0.03, 0), ("cnn1d_w8", 0.03, 1)]
     assert plan.settings(base[0])["train"].method == "ce"
+
+
+def test_confirm_fuses_the_seeds_of_configs_where_it_pays(plan, tmp_path):
+    """confirm.fuse auto: a config's seeds are one fused trial for 1-D CNNs on CPU; not for resnets on CPU
+    (slower there, benchmarks/fused_speed.py), nor for methods that cannot fuse, nor with fuse: false."""
+    spec = plan.spec
+    config = {"teacher_temperature": 3.1, "student": "cnn1d_w8", "student.lr": 0.03}
+    out = confirm_points(spec, [config], [5, 6], plan)
+    assert out == [config | {"seed": 5, "members": [5, 6]},
+                   {"student": "cnn1d_w8", "student.lr": 0.03, "method": "ce", "teacher": "none", "seed": 5,
+                    "members": [5, 6]}]
+    off = make_plan(parse_spec(SPEC | {"confirm": {"seeds": [5, 6], "fuse": False}}), str(tmp_path))
+    assert [p["seed"] for p in confirm_points(off.spec, [config], [5, 6], off)] == [5, 6, 5, 6]
+    images = {"name": "img", "dataset": {"name": "fake"}, "student": {"arch": "resnet8", "epochs": 2},
+              "teachers": {"archs": ["resnet14"], "recipe": {"epochs": 2}}, "distill": {"method": "kd"}, "seeds": [0]}
+    for fuse, fused in (("auto", False), (True, True)):
+        p = make_plan(parse_spec(images | {"confirm": {"seeds": [5, 6], "fuse": fuse}}), str(tmp_path))
+        assert all(("members" in q) == fused for q in confirm_points(p.spec, [{}], [5, 6], p)), fuse
+    bss = make_plan(parse_spec(SPEC | {"distill": {"method": "bss"}}), str(tmp_path))
+    points = confirm_points(bss.spec, [{"student": "cnn1d_w8", "student.lr": 0.03}], [5, 6], bss)
+    assert [("members" in q, q.get("method")) for q in points] == [(False, None), (False, None), (True, "ce")]

@@ -16,7 +16,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from explorer.tracking import PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
+from explorer.data import load_splits
+from explorer.spec import parse_spec
+from explorer.tracking import MEMBER_TAG, PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
+from explorer.train import Trainer
+from trainables.plan import make_plan
 
 from procs import free_port, mlflow_server, stop_tree
 
@@ -287,8 +291,21 @@ def test_confirm_then_analyze_on_the_real_search(searched):
                      and r.data.tags[STATUS_TAG] in ("completed", "pruned")]
     cells = {(r.data.params["teacher"], r.data.params["teacher_stop_epoch"]) for r in searched_runs}
     confirm = [r for r in trials if r.data.tags["kdx.kind"] == "confirm"]
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": 2 * len(cells) + 2}
+    # each config's two seeds train fused (confirm.fuse): one Ray trial per config, one MLflow run per seed
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": len(cells) + 1}
+    assert f"{len(cells) + 1} of them train their 2 seeds fused" in proc.stdout
     assert len(confirm) == 2 * len(cells) + 2 and all(r.data.tags[STATUS_TAG] == "completed" for r in confirm)
+    assert all(r.data.tags[MEMBER_TAG] == r.data.params["seed"] for r in confirm)
+    assert len({r.data.tags["trial_id"] for r in confirm}) == len(cells) + 1
+    # a fused member is its seed's solo run: the CE baseline's seed-101 member, trained alone here, ends at
+    # the same test accuracy (within one test sample: fused and solo sums may round differently)
+    spec = parse_spec(TINY)
+    splits = load_splits(spec.data_spec())
+    alone = make_plan(spec, str(cwd / "unused_store")).settings({"method": "ce", "teacher": "none", "seed": 101})
+    solo = Trainer(alone["train"], splits, device="cpu").run()[-1]
+    (member,) = [r for r in confirm if r.data.params["teacher"] == "none" and r.data.params["seed"] == "101"]
+    assert member.data.metrics["test_acc"] == pytest.approx(solo["test_acc"], abs=1.01 / len(splits.test_y))
+    assert member.data.metrics["val_acc"] == pytest.approx(solo["val_acc"], abs=1.01 / len(splits.val_y))
     assert all(r.info.run_name.startswith("confirm ") for r in confirm)
     # fresh seeds only (the search used 0 and 1), each cell and the baseline with both
     assert sorted(r.data.params["seed"] for r in confirm) == sorted(["100", "101"] * (len(cells) + 1))

@@ -5,6 +5,10 @@ Why not Ray's `MLflowLoggerCallback` / `setup_mlflow` (../shared/DESIGN.md, know
 one trial is one MLflow run for its whole life, found again by its `trial_id` tag after a resume,
 child of the search's parent run, and always ended (FINISHED, KILLED or FAILED).
 
+A trial that trains fused members (a confirmation trial with `members`: its seeds as one model,
+explorer/fused.py) is one MLflow run per member, tagged with the member's seed and given the member's
+own metrics, so every seed looks the same in MLflow and in the analysis whether it trained fused or alone.
+
 All MLflow writes happen on the driver, so a SQLite store has one writer per search. A trial's
 epoch metrics are written in batches (`FLUSH_SECONDS`), not one transaction per epoch, and always
 before a checkpoint is registered and when the trial ends: an epoch a restarted trial will not
@@ -22,8 +26,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from explorer.tracking import (
-    COMPLETED, DIVERGED, EPOCH_METRICS, FAILED, INTERRUPTED, KIND_CONFIRM, KIND_TAG, PARENT_TAG, PRUNED, ROLE_TAG, ROLE_TRIAL,
-    RUNNING, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG, TRIAL_PARAMS, is_better,
+    COMPLETED, DIVERGED, EPOCH_METRICS, FAILED, INTERRUPTED, KIND_CONFIRM, KIND_TAG, MEMBER_TAG, PARENT_TAG, PRUNED,
+    ROLE_TAG, ROLE_TRIAL, RUNNING, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG, TRIAL_PARAMS, is_better,
 )
 from explorer.tracking import trial_status as _status_of
 
@@ -48,6 +52,21 @@ def logged_metrics(result: dict) -> dict[str, float]:
             and not isinstance(v, bool) and math.isfinite(v)}
 
 
+def trial_members(config: dict) -> list[int | None]:
+    """The member seeds of a trial that trains fused members, else [None] (one run, the trial's)."""
+    return list(config.get("point", config).get("members") or [None])
+
+
+def member_result(result: dict, member: int | None) -> dict:
+    """One member's view of a trial's result: the trial-wide values (epoch, lr, timings) overlaid with
+    the member's own row. A report without member rows (a trial whose every member diverged) is every
+    member's."""
+    rows = [r for r in result.get("members", ()) if r.get("seed") == member]
+    if member is None or not rows:
+        return result
+    return {k: v for k, v in result.items() if k != "members"} | rows[0]
+
+
 # How long a trial's epoch metrics may wait on the driver before they are written to MLflow.
 FLUSH_SECONDS = 5.0
 
@@ -64,9 +83,9 @@ class MlflowTrialLogger(Callback):
         self.plan = plan
         self.kind = kind
         self._client = None
-        self._runs: dict[str, str] = {}  # trial id -> run id
-        self._last_step: dict[str, int] = {}
-        self._pending: dict[str, list[Metric]] = {}  # trial id -> metrics not yet written
+        self._runs: dict[tuple, str] = {}  # (trial id, member seed or None) -> run id
+        self._last_step: dict[tuple, int] = {}
+        self._pending: dict[tuple, list[Metric]] = {}  # (trial id, member) -> metrics not yet written
         self._flushed: dict[str, float] = {}  # trial id -> when its metrics were last written
 
     def __getstate__(self):
@@ -80,32 +99,36 @@ class MlflowTrialLogger(Callback):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def _existing_run(self, trial_id: str):
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.{TRIAL_ID_TAG} = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-            max_results=1,
-        )
+    def _existing_run(self, trial_id: str, member: int | None):
+        filter_string = f"tags.{TRIAL_ID_TAG} = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        if member is not None:
+            filter_string += f" and tags.`{MEMBER_TAG}` = '{member}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
         return runs[0] if runs else None
 
-    def run_id(self, trial) -> str:
-        """The trial's run: created on first sight, reopened (not duplicated) after a resume."""
+    def run_ids(self, trial) -> dict[int | None, str]:
+        """The trial's runs by member seed (one, keyed None, for a trial without fused members)."""
+        return {m: self.run_id(trial, m) for m in trial_members(trial.config)}
+
+    def run_id(self, trial, member: int | None = None) -> str:
+        """A trial's (member's) run: created on first sight, reopened (not duplicated) after a resume."""
         tid = trial.trial_id
-        if tid in self._runs:
-            return self._runs[tid]
-        existing = self._existing_run(tid)
+        if (tid, member) in self._runs:
+            return self._runs[tid, member]
+        existing = self._existing_run(tid, member)
         if existing is not None:
             run_id = existing.info.run_id
             self.client.update_run(run_id, status="RUNNING")
             tags = owner_tags() | {STATUS_TAG: RUNNING}  # this process owns the reopened run now
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             steps = [m.step for m in self.client.get_metric_history(run_id, "val_acc")]
-            self._last_step[tid] = max(steps, default=0)
+            self._last_step[tid, member] = max(steps, default=0)
         else:
-            settings = self.plan.settings(trial.config, self.kind)
+            config = trial.config if member is None else dict(trial.config.get("point", trial.config)) | {"seed": member}
+            settings = self.plan.settings(config, self.kind)
             tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: ROLE_TRIAL, TRIAL_ID_TAG: tid,
                     TEACHER_KEY_TAG: settings["teacher_key"], STATUS_TAG: RUNNING, KIND_TAG: self.kind,
-                    **owner_tags()}
+                    **({MEMBER_TAG: str(member)} if member is not None else {}), **owner_tags()}
             name = trial_label(settings)  # confirm runs say so (the same config was a search run)
             run = self.client.create_run(self.experiment_id, tags=tags,
                                          run_name=f"confirm {name}" if self.kind == KIND_CONFIRM else name)
@@ -114,23 +137,24 @@ class MlflowTrialLogger(Callback):
             names = TRIAL_PARAMS + tuple(k for k in self.plan.spec.searched_axes() if k not in TRIAL_PARAMS)
             params = [Param(k, _fmt(settings[k])) for k in names if k in settings]
             self.client.log_batch(run_id, params=params)
-            self._last_step[tid] = 0
-        self._runs[tid] = run_id
+            self._last_step[tid, member] = 0
+        self._runs[tid, member] = run_id
         OPEN_RUNS.add(run_id)
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)
+        self.run_ids(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.run_id(trial)
-        step = int(result.get("epoch", 0))
-        if step <= self._last_step.get(trial.trial_id, 0):
-            return  # already logged before a resume
-        now = int(time.time() * 1000)
-        tid = trial.trial_id
-        self._pending.setdefault(tid, []).extend(Metric(k, v, now, step) for k, v in logged_metrics(result).items())
-        self._last_step[tid] = step
+        tid, now = trial.trial_id, int(time.time() * 1000)
+        for member in self.run_ids(trial):
+            row = member_result(result, member)
+            step = int(row.get("epoch", 0))
+            if step <= self._last_step.get((tid, member), 0):
+                continue  # already logged before a resume
+            self._pending.setdefault((tid, member), []).extend(
+                Metric(k, v, now, step) for k, v in logged_metrics(row).items())
+            self._last_step[tid, member] = step
         if time.monotonic() - self._flushed.setdefault(tid, time.monotonic()) >= FLUSH_SECONDS:
             self._flush(tid)
 
@@ -138,36 +162,41 @@ class MlflowTrialLogger(Callback):
         self._flush(trial.trial_id)  # a restart from this checkpoint does not repeat these epochs
 
     def _flush(self, tid: str) -> None:
-        metrics = self._pending.pop(tid, [])
         self._flushed[tid] = time.monotonic()
-        if metrics and tid in self._runs:
-            self.client.log_batch(self._runs[tid], metrics=metrics)  # MLflow splits big batches itself
+        for key in [k for k in self._pending if k[0] == tid]:
+            metrics = self._pending.pop(key)
+            if metrics and key in self._runs:
+                self.client.log_batch(self._runs[key], metrics=metrics)  # MLflow splits big batches itself
 
-    def _end(self, trial, status: str, run_status: str) -> None:
-        run_id = self.run_id(trial)
+    def _end(self, trial, status_of) -> None:
+        """End each of the trial's runs with `status_of(member)`: (status tag, MLflow run status)."""
         self._flush(trial.trial_id)
-        self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status)])
-        self.client.set_terminated(run_id, run_status)
-        self._runs.pop(trial.trial_id, None)
-        OPEN_RUNS.discard(run_id)
+        for member, run_id in self.run_ids(trial).items():
+            status, run_status = status_of(member)
+            self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status)])
+            self.client.set_terminated(run_id, run_status)
+            self._runs.pop((trial.trial_id, member), None)
+            OPEN_RUNS.discard(run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        status = trial_status(trial, self.plan.epochs)
-        self._end(trial, status, "FAILED" if status == DIVERGED else "FINISHED")
+        def status_of(member):
+            status = _status_of(member_result(trial.last_result or {}, member), self.plan.epochs)
+            return status, "FAILED" if status == DIVERGED else "FINISHED"
+        self._end(trial, status_of)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, FAILED, "FAILED")
+        self._end(trial, lambda member: (FAILED, "FAILED"))
 
     def on_experiment_end(self, trials, **info):
         self.close_open_runs()
 
     def close_open_runs(self) -> None:
         """Interrupted trials: their runs end KILLED (a resume reopens them)."""
-        for tid, run_id in list(self._runs.items()):
-            self._flush(tid)
+        for key, run_id in list(self._runs.items()):
+            self._flush(key[0])
             self.client.set_tag(run_id, STATUS_TAG, INTERRUPTED)
             self.client.set_terminated(run_id, "KILLED")
-            self._runs.pop(tid)
+            self._runs.pop(key)
             OPEN_RUNS.discard(run_id)
 
 

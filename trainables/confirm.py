@@ -13,27 +13,60 @@ from __future__ import annotations
 import hashlib
 import json
 
+import torch
+from torch import nn
+
+from explorer.errors import KdxError
+from explorer.fused import fuse_models, member_problem
+from explorer.models import build_model
 from explorer.spec import SearchSpec
 from explorer.tracking import KIND_CONFIRM, NO_TEACHER
 
-from .plan import make_plan
+from .plan import Plan, make_plan
 from .search import Locations, points_setup, run_experiments
 
 
-def confirm_points(spec: SearchSpec, configs: list[dict], seeds: list[int]) -> list[dict]:
+def confirm_points(spec: SearchSpec, configs: list[dict], seeds: list[int], plan: Plan | None = None) -> list[dict]:
     """Trial points: each config's searched values with each seed, then the CE baseline with each
     seed at every distinct set of the configs' searched student values (architecture, learning
-    rate, ...), so each config has a baseline trained with its own student recipe."""
+    rate, ...), so each config has a baseline trained with its own student recipe.
+
+    With `confirm.fuse` (true, or auto where it pays; and a `plan` to check against), the seeds of a config whose method and student
+    can be fused are one trial: `{"seed": first, "members": seeds}`, trained as one fused model
+    (explorer/fused.py); each member still gets its own MLflow run, the same as a solo seed's."""
     searched = [k for k in spec.searched_axes() if k != "seed"]
     picked = [{k: cfg[k] for k in searched if k in cfg} for cfg in configs]
-    points = [p | {"seed": s} for p in picked for s in seeds]
     students = []
     for p in picked:
         values = {k: v for k, v in p.items() if k.startswith("student")}
         if values not in students:
             students.append(values)
-    points += [v | {"method": "ce", "teacher": NO_TEACHER, "seed": s} for v in students for s in seeds]
+    picked += [v | {"method": "ce", "teacher": NO_TEACHER} for v in students]
+    points = []
+    for p in picked:
+        if spec.confirm.fuse and plan is not None and fusable(plan, p):
+            points.append(p | {"seed": seeds[0], "members": list(seeds)})
+        else:
+            points += [p | {"seed": s} for s in seeds]
     return points
+
+
+def fusable(plan: Plan, point: dict) -> bool:
+    """Whether the seeds of `point` can train as fused members: the method allows it (explorer/fused.py
+    `fuse_problem`) and two students of its architecture fuse into one whose forward equals theirs."""
+    settings = plan.settings(point | {"seed": 0}, KIND_CONFIRM)
+    train = settings["train"]
+    if member_problem(train) is not None or any(plan.spec.evaluate.model_dump().values()):
+        return False  # (the `evaluate:` attacks run on one model)
+    models = [build_model(train.arch, plan.num_classes, plan.input_shape) for _ in range(2)]
+    on_cpu = plan.spec.resources.trial.gpus == 0
+    if plan.spec.confirm.fuse == "auto" and on_cpu and any(isinstance(m, nn.Conv2d) for m in models[0].modules()):
+        return False
+    try:
+        fuse_models(models, torch.zeros(2, *plan.input_shape))
+    except KdxError:
+        return False
+    return True
 
 
 def run_confirm(spec: SearchSpec, spec_text: str, configs: list[dict], seeds: list[int], loc: Locations, *,
@@ -41,10 +74,11 @@ def run_confirm(spec: SearchSpec, spec_text: str, configs: list[dict], seeds: li
     """Run the confirmation trials of `configs` under the search's parent run. The Ray experiment is
     named by its points: running the same confirmation again continues it (finished trials are
     not rerun); a different choice of configs (the search went on) is a new experiment."""
-    points = confirm_points(spec, configs, seeds)
     plan = make_plan(spec, loc.store_root)
+    points = confirm_points(spec, configs, seeds, plan)
+    fused = sum("members" in p for p in points)
     out(f"confirm {spec.name!r}: {len(configs)} cell(s) + the CE baseline x {len(seeds)} fresh seeds = "
-        f"{len(points)} trials")
+        f"{len(points)} trials" + (f" ({fused} of them train their {len(seeds)} seeds fused)" if fused else ""))
     for cfg in configs:
         out("  " + ", ".join(f"{k}={cfg[k]}" for k in spec.searched_axes() if k in cfg and k != "seed"))
     digest = hashlib.sha256(json.dumps(points, sort_keys=True, default=str).encode()).hexdigest()[:8]
