@@ -37,7 +37,6 @@ SETTINGS = {
     "mnist1d cnn1d_w4 kd": ("mnist1d", None, "cnn1d_w4", "kd", "cnn1d_w64"),
     "mnist1d cnn1dbn_w8 kd (the quickstart's student)": ("mnist1d", None, "cnn1dbn_w8", "kd", "cnn1dbn_w64"),
     "fake 3x32x32 crop+flip resnet8 ce": ("fake", 32, "resnet8", "ce", None),
-    "fake 3x32x32 crop+flip resnet20 ce": ("fake", 32, "resnet20", "ce", None),
 }
 
 
