@@ -12,7 +12,8 @@ so both run the same epochs), each in its own directory with its own local Ray a
 For each it prints the search's wall time (Ray start included, the teacher build not: a first run
 builds the teacher both reuse), the sum of the trials' MLflow run durations, the time in the
 training loop (`epoch_seconds`) and in evaluation (`eval_seconds`), and their fraction of the trial
-time. Run: `.venv/bin/python benchmarks/trial_overhead.py [--trials 12] [--epochs 15]`.
+time. Run: `.venv/bin/python benchmarks/trial_overhead.py [--trials 12] [--epochs 15]`; with
+`--quickstart kdx_runs` it gives the same fraction, per kind of trial, for a finished `scripts/quickstart`.
 """
 
 from __future__ import annotations
@@ -53,14 +54,19 @@ def run(cwd: Path, name: str, data: dict) -> float:
     return time.perf_counter() - start
 
 
-def breakdown(cwd: Path, name: str) -> dict:
+def breakdown(cwd: Path, name: str, kind: str | None = None) -> dict:
+    """Trial time (MLflow run durations) against the time in the training loop and in evaluation, over
+    the trials of `kind` (all when None). The member runs of a fused trial (same trial_id) share its
+    time and its epochs: each trial counts once, through its first run."""
+    from mlflow.tracking import MlflowClient
+
     from analysis.runs import load_histories, load_trials
 
     uri = f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}"
     df = load_trials(name, uri)
-    hist = load_histories(name, uri, metrics=("epoch_seconds", "eval_seconds"))
-    from mlflow.tracking import MlflowClient
-
+    df = df if kind is None else df[df["kind"] == kind]
+    df = df.drop_duplicates("trial_id")
+    hist = load_histories(name, uri, metrics=("epoch_seconds", "eval_seconds"), run_ids=list(df["run_id"]))
     client = MlflowClient(tracking_uri=uri)
     wall = sum((client.get_run(r).info.end_time - client.get_run(r).info.start_time) / 1000 for r in df["run_id"])
     train = float(hist.loc[hist["metric"] == "epoch_seconds", "value"].sum())
@@ -69,12 +75,26 @@ def breakdown(cwd: Path, name: str) -> dict:
             "fraction_in_training_and_eval": (train + evals) / wall if wall else float("nan")}
 
 
+def quickstart(runs: Path) -> int:
+    """Benchmark (a): the fraction on a finished quickstart (`--runs kdx_runs` of `scripts/quickstart`)."""
+    print(f"{'kind':9} {'trials':>6} {'trial s':>8} {'train s':>8} {'eval s':>7} {'in train+eval':>14}")
+    for kind in ("search", "baseline", "confirm"):
+        r = breakdown(runs.parent, "quickstart", kind)
+        print(f"{kind:9} {r['trials']:6d} {r['trial_seconds']:8.1f} {r['train_seconds']:8.1f} {r['eval_seconds']:7.1f} "
+              f"{r['fraction_in_training_and_eval']:13.0%}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quickstart", type=Path, metavar="KDX_RUNS",
+                   help="instead: the fraction on a finished quickstart's kdx_runs directory")
     args = p.parse_args(argv)
+    if args.quickstart:
+        return quickstart(args.quickstart.resolve())
     cwd = Path(tempfile.mkdtemp(prefix="kdx_overhead_"))
     os.environ.setdefault("KDX_CACHE", str(Path.home() / ".cache" / "kdx"))
     run(cwd, "warmup", spec("warmup", 1, args.epochs))  # builds the shared teacher once
