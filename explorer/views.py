@@ -82,13 +82,23 @@ def view_params(idx: Tensor, v: Tensor, padding: int = CROP_PADDING) -> tuple[Te
     """(dy, dx, flip) of view `v` of samples `idx` (1-D integer tensors of one length, same device):
     the v-th combination in sample i's ranking of all (2p+1)^2 x 2 combinations by hash(hash(i) ^ c).
     hash32 is a bijection, so the ranks have no ties and a sample's views are distinct."""
-    side = 2 * padding + 1
-    m = side * side * 2
+    m = (2 * padding + 1) ** 2 * 2
     if len(v) and (int(v.min()) < 0 or int(v.max()) >= m):
         raise KdxError(f"views: view index {int(v.max())} is outside 0..{m - 1} (padding {padding})")
-    combos = torch.arange(m, device=idx.device, dtype=torch.int64)
+    return combo_params(view_combos(idx, m, padding).gather(1, v.to(torch.int64)[:, None])[:, 0], padding)
+
+
+def view_combos(idx: Tensor, views: int, padding: int = CROP_PADDING) -> Tensor:
+    """(B, views): the combination codes of views 0..views-1 of samples `idx` (see `view_params`)."""
+    side = 2 * padding + 1
+    combos = torch.arange(side * side * 2, device=idx.device, dtype=torch.int64)
     scores = _hash32(_hash32(idx.to(torch.int64))[:, None] ^ combos)                      # (B, m)
-    c = torch.sort(scores, dim=1, stable=True).indices.gather(1, v.to(torch.int64)[:, None])[:, 0]
+    return torch.sort(scores, dim=1, stable=True).indices[:, :views]
+
+
+def combo_params(c: Tensor, padding: int = CROP_PADDING) -> tuple[Tensor, Tensor, Tensor]:
+    """(dy, dx, flip) of combination codes `c`."""
+    side = 2 * padding + 1
     return c // (2 * side), (c // 2) % side, (c % 2).bool()
 
 
@@ -135,6 +145,11 @@ class TeacherViews:
         self.augmented = augmented
         self.x = train_x
         self._drawn: tuple[Tensor, Tensor] | None = None
+        # each sample's V view codes, ranked once here rather than per batch (int16: codes < 162)
+        self.combos = None
+        if augmented:
+            rows = torch.arange(len(train_x), device=train_x.device)
+            self.combos = torch.cat([view_combos(r, self.views).to(torch.int16) for r in rows.split(4096)])
 
     def draw(self, idx: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
         """One view per sample of `idx`: (B,) with one generator, or (S, B) with one per fused member
@@ -144,7 +159,9 @@ class TeacherViews:
         v = torch.stack([torch.randint(0, self.views, r.shape, generator=g, device=idx.device)
                          for r, g in zip(rows, gens)]).view(idx.shape)
         self._drawn = (idx, v)
-        return view_images(self.x, idx.flatten(), v.flatten()).view(*idx.shape, *self.x.shape[1:])
+        flat = idx.flatten()
+        dy, dx, flip = combo_params(self.combos[flat, v.flatten()].to(torch.int64))
+        return crop_flip(self.x[flat], dy, dx, flip, CROP_PADDING).view(*idx.shape, *self.x.shape[1:])
 
     def logits(self, idx: Tensor) -> Tensor | list[Tensor]:
         if self.augmented:
