@@ -56,6 +56,10 @@ class Trainer:
     One epoch clock runs through both (`total_epochs`), one report per epoch, each with `stage` 1 or 2;
     so Ray's `training_iteration` (ASHA's clock) counts the init epochs too, and a two-stage trial
     reports init_epochs more times than `cfg.epochs`.
+
+    `members=[s1, ..., sS]` trains S seeds of `cfg` as one fused model (explorer/fused.py) in this same
+    loop: batches, views and teacher logits carry a leading member axis, the loss is computed per member,
+    and each epoch's metrics are the members' means plus `members`, one row per seed.
     """
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device | str | None = None,
