@@ -1,7 +1,7 @@
 """The report's sections for the seeds' other studies, each written only when the runs hold its data:
 adversarial transferability (seed 000 section IV-D, `evaluate.transfer`); the omitted class (seed 003
 section 4.1) and the class counts an imbalance left (seed 000 section IV-C); what knowledge a teacher
-transfers (seed 002 sections 4-5, the `alter_*` methods)."""
+transfers (seed 002 sections 4-5, the `alter_*` methods); robust accuracy (seed 003 section 4.4, `evaluate.robust`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 
 from .knowledge import knowledge_table, write_knowledge
 from .omitted import class_count_table, omitted_table, write_omitted
+from .robust import robust_table, write_robust
 from .transfer import plot_transfer, transfer_table, write_transfer
 
 
@@ -23,3 +24,4 @@ def write_studies(d, df: pd.DataFrame, out: Path, confidence: float, paths: dict
     write_transfer(d, table, plot, confidence)
     write_omitted(d, omitted_table(df, confidence), class_count_table(df), confidence)
     write_knowledge(d, knowledge_table(df, confidence), confidence)
+    write_robust(d, robust_table(df, confidence), confidence)

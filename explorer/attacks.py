@@ -15,6 +15,10 @@ model that normalises inside; kdx's models take normalised tensors and its datas
 statistics, so a wrapper would be more code than the attack. The test checks it against the known
 optimum of a linear model (tests/test_attacks.py).
 
+Robust accuracy (seed 003 table 5 reports AutoAttack's, which is not on PyPI, so kdx reports PGD's): the
+fraction of samples a model classifies correctly both clean and on the PGD examples of every one of
+`restarts` random starts (a sample counts as broken if any restart breaks it).
+
 Transfer rate: on the test samples that both the teacher (the source) and the student (the target)
 classify correctly, the fraction of the teacher's adversarial examples that the student misclassifies.
 """
@@ -70,6 +74,23 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, box: tuple[Tensor, Tensor], atta
 @torch.no_grad()
 def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, box: tuple[Tensor, Tensor], attack: PGD = PGD(),
+                    restarts: int = 1, seed: int = 0, batch_size: int = 256) -> float:
+    """Fraction of (x, y) that `model` gets right clean and under every restart of `attack`."""
+    was = model.training
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    right = 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        ok = _predict(model, xb, batch_size) == yb
+        for _ in range(restarts):
+            ok &= _predict(model, pgd(model, xb, yb, box, attack, generator), batch_size) == yb
+        right += int(ok.sum())
+    model.train(was)
+    return right / len(y) if len(y) else float("nan")
 
 
 def transfer_rate(source: nn.Module, target: nn.Module, x: Tensor, y: Tensor, box: tuple[Tensor, Tensor],

@@ -75,7 +75,16 @@ class Recipe(Strict):
         f"logits are computed once per search; 0 = live random crops (the teacher runs on every batch); "
         f"at most {DISTINCT_VIEWS} (every crop)"))
 
-    @field_validator("lr", "momentum", "weight_decay", "lr_gamma")
+    # PGD-k adversarial training (seed 003 section 4.4; Madry et al. 2018): each batch the model trains on
+    # is replaced by L-inf PGD examples made on the model itself (explorer/adversarial.py); the teacher's
+    # outputs stay on the clean batch (seed 003 eqs. 6-7). eps and step are in units of the [0, 1] pixel
+    # range; seed 003 gives no values: 8/255 and 2/255 are Madry et al.'s CIFAR-10 setting.
+    adversarial_steps: int = Field(0, ge=0, le=1000, description=(
+        "PGD steps of adversarial training (seed 003 uses 7); 0 = off (clean training)"))
+    adversarial_eps: float = Field(8 / 255, gt=0, le=1, description="adversarial training: L-inf radius (pixel range)")
+    adversarial_step: float = Field(2 / 255, gt=0, le=1, description="adversarial training: PGD step (pixel range)")
+
+    @field_validator("lr", "momentum", "weight_decay", "lr_gamma", "adversarial_eps", "adversarial_step")
     @classmethod
     def _finite(cls, v):
         if not math.isfinite(v):

@@ -140,6 +140,8 @@ def fuse_problem(method: Method) -> str | None:
 
 def member_problem(cfg) -> str | None:
     """Why runs of the TrainConfig `cfg` cannot train as fused members, or None."""
+    if cfg.adversarial_steps:
+        return "adversarial training attacks one model at a time"
     return fuse_problem(get_method(cfg.method))
 
 

@@ -157,6 +157,9 @@ class TeacherRecipe:
         # Fixed teacher views (`views`) change a run only where a teacher's logits on augmented data are
         # cached: a distilled teacher whose method needs no features. Keyed only there and only when not
         # live (0), so every key computed before `views` existed still names the same run.
+        if t.adversarial_steps:  # keyed only when on, so keys from before adversarial training stay the same
+            train["adversarial"] = {"steps": int(t.adversarial_steps), "eps": float(t.adversarial_eps),
+                                    "step": float(t.adversarial_step)}
         augment = getattr(DATASETS.get(self.data.dataset), "augment", None)
         if (self.parent_key is not None and t.views and augment == "crop_flip"
                 and not get_method(t.method).needs_features):

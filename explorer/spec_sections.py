@@ -92,6 +92,12 @@ class EvaluateSection(Strict):
         "(eps 0.031, step 0.003, 20 steps, in units of the pixel range), on the test samples both classify "
         "correctly: metrics transfer_rate and transfer_samples (explorer/attacks.py); trials without a "
         "teacher get none"))
+    robust: bool = Field(False, description=(
+        "seed 003 section 4.4: test accuracy under L-inf PGD on the student itself, at the recipe's "
+        "adversarial_eps and adversarial_step: robust_acc_pgd with the training attack's steps (7 when the "
+        "student was not adversarially trained), and robust_acc_pgd50, 50 steps from robust_restarts random "
+        "starts (a sample counts only if it survives all); AutoAttack, which the seed uses, is not on PyPI"))
+    robust_restarts: int = Field(5, ge=1, le=100, description="evaluate.robust: random starts of PGD-50")
 
 
 # What a confirmation cell may be keyed on: the teacher lists, and the searched discrete axes.

@@ -68,7 +68,8 @@ DERIVED_PARAMS = ("student_params", "teacher_params", "capacity_ratio", "teacher
 EPOCH_METRICS = (
     "train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "test_acc", "test_loss",
     "kd_agreement", "teacher_val_acc", "epoch_seconds", "eval_seconds", "samples_per_second", "lr", "stage",
-    "transfer_rate", "transfer_samples",  # the last epoch's `evaluate:` metrics (spec_sections.EvaluateSection)
+    # the last epoch's `evaluate:` metrics (spec_sections.EvaluateSection)
+    "transfer_rate", "transfer_samples", "robust_acc_pgd", "robust_acc_pgd50",
     # accuracy on the classes the training split lacks (omit_classes), the model's and its teacher's
     "val_acc_omitted", "test_acc_omitted", "teacher_val_acc_omitted", "teacher_test_acc_omitted",
     "class_count_max", "class_count_min",  # the training split's class counts as used (before label noise)

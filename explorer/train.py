@@ -87,7 +87,7 @@ class Trainer:
         # init, data order and draws of a solo run with its seed. None: one run with cfg.seed.
         self.seeds = list(members) if members else [cfg.seed]
         self.fused = len(self.seeds) > 1
-        problem = self.fused and (member_problem(cfg) or (self.adversary is not None and "adversarial training"))
+        problem = self.fused and member_problem(cfg)
         if problem:
             raise KdxError(f"members: {problem}; allowed: one seed at a time for it.")
         # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode

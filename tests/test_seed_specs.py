@@ -142,3 +142,24 @@ def test_feature_method_specs_small_run_every_method(tmp_path, name, methods, st
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = (tmp_path / "kdx_runs" / "seed000_methods_small" / "analysis" / "report.md").read_text()
         assert "## Adversarial transferability" in report and "(1 seed)" in report
+
+
+def test_seed003_adversarial_small_robust_accuracy(tmp_path):
+    """Seed 003 table 5 shrunk: adversarially trained (PGD-2) and clean students, robust accuracy logged by
+    every trial and reported per cell. A robust sample is one the model gets right clean and attacked, so
+    neither robust accuracy can exceed the clean one."""
+    trials, teachers = search(tmp_path, "seed003_adversarial_small.yaml")
+    assert len(trials) == 3 * 2 + 2  # 3 methods x adversarial_steps {0, 2}, and a CE baseline for each
+    assert all(r.data.tags["status"] == "completed" for r in trials)
+    assert {r.data.params["student.adversarial_steps"] for r in trials} == {"0", "2"}
+    for r in trials:
+        m = r.data.metrics
+        assert 0 <= m["robust_acc_pgd"] <= m["test_acc"] and 0 <= m["robust_acc_pgd50"] <= m["test_acc"]
+    (teacher,) = teachers  # the AT teacher: tf_kd_self's S^p
+    assert teacher.data.params["train.adversarial.steps"] == "2"  # in its recipe, hence in its store key
+    proc = subprocess.run([KDX, "analyze", "seed003_adversarial_small"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (tmp_path / "kdx_runs" / "seed003_adversarial_small" / "analysis" / "report.md").read_text()
+    assert "## Robust accuracy (seed 003 section 4.4, table 5)" in report
+    assert report.count("adversarial_steps 2 (1 seed)") == 4  # ce, kd, tf_kd_reg, tf_kd_self

@@ -21,7 +21,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from explorer.attacks import pixel_box, transfer_rate
+from explorer.attacks import PGD, pixel_box, robust_accuracy, transfer_rate
 from explorer.store import TeacherStore
 from explorer.tracking import KIND_SEARCH
 from explorer.train import Diverged, Trainer, load_state, save_state
@@ -68,6 +68,18 @@ def transfer_metrics(tr: Trainer) -> dict:
     return {"transfer_samples": float(n)} | ({"transfer_rate": rate} if n else {})
 
 
+def robust_metrics(tr: Trainer, restarts: int) -> dict:
+    """`evaluate.robust` (seed 003 section 4.4): test accuracy under L-inf PGD on the student, at its recipe's
+    eps and step: the training attack's steps (7 without adversarial training), and 50 steps from
+    `restarts` random starts."""
+    s, c = tr.splits, tr.cfg
+    box = pixel_box(s.train_x)
+    train_attack = PGD(c.adversarial_eps, c.adversarial_step, c.adversarial_steps or 7)
+    strong = PGD(c.adversarial_eps, c.adversarial_step, 50)
+    return {"robust_acc_pgd": robust_accuracy(tr.model, s.test_x, s.test_y, box, train_attack, 1, c.seed),
+            "robust_acc_pgd50": robust_accuracy(tr.model, s.test_x, s.test_y, box, strong, restarts, c.seed)}
+
+
 def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
     settings = plan.settings(config, kind)
     teacher = None
@@ -97,6 +109,8 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
         metrics = metrics | {"diverged": 0.0, "node_id": node}
         if epoch == tr.total_epochs and plan.spec.evaluate.transfer and tr.teacher is not None:
             metrics |= transfer_metrics(tr)
+        if epoch == tr.total_epochs and plan.spec.evaluate.robust:
+            metrics |= robust_metrics(tr, plan.spec.evaluate.robust_restarts)
         if epoch not in keep and time.monotonic() - last_saved < search.checkpoint_seconds:
             tune.report(metrics)
             return
