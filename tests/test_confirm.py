@@ -90,3 +90,12 @@ def test_confirm_fuses_the_seeds_of_configs_where_it_pays(plan, tmp_path):
     bss = make_plan(parse_spec(SPEC | {"distill": {"method": "bss"}}), str(tmp_path))
     points = confirm_points(bss.spec, [{"student": "cnn1d_w8", "student.lr": 0.03}], [5, 6], bss)
     assert [("members" in q, q.get("method")) for q in points] == [(False, None), (False, None), (True, "ce")]
+
+
+def test_confirm_does_not_fuse_trials_that_run_evaluate_attacks(plan, tmp_path):
+    """The attacks of `evaluate:` run on one model: such configs' seeds stay separate trials (and the
+    settings that only tune an attack, robust_restarts, do not turn fusing off by themselves)."""
+    config = {"teacher_temperature": 3.1, "student": "cnn1d_w8", "student.lr": 0.03}
+    for evaluate, fused in (({"robust_restarts": 3}, True), ({"robust": True}, False), ({"transfer": True}, False)):
+        p = make_plan(parse_spec(SPEC | {"evaluate": evaluate}), str(tmp_path))
+        assert all(("members" in q) == fused for q in confirm_points(p.spec, [config], [5, 6], p)), evaluate

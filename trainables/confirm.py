@@ -56,7 +56,8 @@ def fusable(plan: Plan, point: dict) -> bool:
     `fuse_problem`) and two students of its architecture fuse into one whose forward equals theirs."""
     settings = plan.settings(point | {"seed": 0}, KIND_CONFIRM)
     train = settings["train"]
-    if member_problem(train) is not None or any(plan.spec.evaluate.model_dump().values()):
+    evaluate = plan.spec.evaluate
+    if member_problem(train) is not None or evaluate.transfer or evaluate.robust:
         return False  # (the `evaluate:` attacks run on one model)
     models = [build_model(train.arch, plan.num_classes, plan.input_shape) for _ in range(2)]
     on_cpu = plan.spec.resources.trial.gpus == 0
