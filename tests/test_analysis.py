@@ -68,7 +68,8 @@ S3 = "cnn_xs"
 # the student's recipe as every trial run logs it (`student.<field>`, the values as `str()` writes them)
 RECIPE = {"student.batch_size": 128, "student.lr": 0.05, "student.momentum": 0.9, "student.nesterov": False,
           "student.weight_decay": 5e-4, "student.schedule": "cosine", "student.milestones": (), "student.lr_gamma": 0.2,
-          "student.views": 16}
+          "student.views": 16, "student.adversarial_steps": 0, "student.adversarial_eps": 8 / 255,
+          "student.adversarial_step": 2 / 255}
 
 
 def _history(final: float, n: int) -> list[float]:
