@@ -180,11 +180,20 @@ def config_value(v):
     return v
 
 
+def config_means(rows: pd.DataFrame, columns: list[str], metric: str) -> pd.DataFrame:
+    """One row per config of `rows` (its first), its `metric` the mean over the config's runs: a config
+    is judged by what its seeds get on average, not by its luckiest seed."""
+    keys = pd.Series(config_keys(rows, columns), index=rows.index)
+    means = pd.to_numeric(rows[metric], errors="coerce").groupby(keys).transform("mean")
+    return rows.assign(**{metric: means})[~keys.duplicated()]
+
+
 def cell_configs(df: pd.DataFrame, cells: list[str], metric: str = "val_acc", mode: str = "max"
                  ) -> tuple[list[dict], list[dict]]:
     """The confirmation stage's choice: the best config of every cell (one value of each of the
     `cells` params, e.g. teacher x teacher_stop_epoch) among the distilled search trials, ranked
-    by final `metric` with `rank_trials` (validation only). A cell's completed trials come first;
+    by final `metric` with `rank_trials` (validation only); a config with several runs (the seeds of a
+    fused search trial, `search.fuse_seeds`) is ranked by their mean. A cell's completed trials come first;
     a cell whose trials were all pruned by ASHA gets its best pruned trial (by its value at the
     rung where it was stopped), so the confirmation gives it a full, unpruned run rather than let
     it vanish. Returns (configs, missing): each config as {config column: value} (plus
@@ -199,7 +208,7 @@ def cell_configs(df: pd.DataFrame, cells: list[str], metric: str = "val_acc", mo
     for key, group in tried.groupby([tried[c].map(config_token) for c in cells], sort=True):
         pool = group[np.isfinite(group[metric].astype(float))]
         for status in (COMPLETED, PRUNED):
-            best = rank_trials(pool[pool["status"] == status], metric, mode)
+            best = rank_trials(config_means(pool[pool["status"] == status], columns, metric), metric, mode)
             if len(best):
                 configs.append({c: config_value(best.iloc[0][c]) for c in columns} | {"from_status": status})
                 break

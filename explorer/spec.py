@@ -241,8 +241,28 @@ class SearchSpec(Strict):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
         check_points(self.search.points_to_evaluate, self.searched_axes(), self.search.algorithm)
         self._check_cell_budget()
+        self._check_fused_search([get_method(m) for m in axes["method"].values()])
         self.confirm.check(self.seeds, self.searched_axes())
         return self
+
+    def _check_fused_search(self, methods: list[Method]) -> None:
+        """`search.fuse_seeds` needs several seeds, and methods and evaluations that train and attack
+        members as one model (whether the student's architecture fuses is checked by the plan)."""
+        from .fused import fuse_problem
+
+        if not self.search.fuse_seeds:
+            return
+        if len(self.seeds) < 2:
+            raise KdxError(f"search.fuse_seeds: got true with seeds {self.seeds}; allowed: true with two or more "
+                           "seeds (each trial trains them all), or false.")
+        problems = [p for p in map(fuse_problem, methods) if p]
+        problems += [f"evaluate.{k} attacks one model at a time" for k in ("transfer", "robust") if getattr(self.evaluate, k)]
+        steps = self._section_axes("student").get("student.adversarial_steps")
+        problems += ["adversarial training attacks one model at a time"] if any(
+            (steps.values() if steps else [self.student.adversarial_steps])) else []
+        if problems:
+            raise KdxError(f"search.fuse_seeds: got true, but {problems[0]}; allowed: false for this spec "
+                           "(each seed its own trial).")
 
     def _check_cell_budget(self) -> None:
         per_cell = self.search.trials_per_cell
@@ -336,7 +356,8 @@ class SearchSpec(Strict):
         teacher/stop/seed lists with several entries."""
         kind = "grid" if self.search.algorithm == "grid" else "choice"
         out = {param_name(p): a for p, a in self.value_axes().items() if a.kind != "fixed"}
-        out |= {k: Axis(**{kind: v}) for k, v in self._lists().items() if len(v) > 1}
+        out |= {k: Axis(**{kind: v}) for k, v in self._lists().items()
+                if len(v) > 1 and not (k == "seed" and self.search.fuse_seeds)}  # fused: every trial has every seed
         return out
 
     def fixed_values(self) -> dict:
@@ -347,13 +368,16 @@ class SearchSpec(Strict):
         return fixed
 
     def baseline_points(self) -> list[dict]:
-        """The CE baselines: one per seed and per value of every discrete searched student field
+        """The CE baselines: one per seed (one for all seeds, fused, with `search.fuse_seeds`) and per value of
+        every discrete searched student field
         (each student architecture of a choice); a student field searched over a range takes its
         middle (`Axis.representative`), and `kdx confirm` re-runs the baseline at the winner's values."""
         student = self._section_axes("student")
         discrete = {k: a.values() for k, a in student.items() if a.kind in ("choice", "grid")}
         middle = {k: a.representative() for k, a in student.items() if k not in discrete}
         combos = [dict(zip(discrete, vs)) for vs in itertools.product(*discrete.values())]
+        if self.search.fuse_seeds:  # one trial trains every seed (`search.fuse_seeds`)
+            return [{"seed": self.seeds[0], "members": list(self.seeds)} | middle | c for c in combos]
         return [{"seed": s} | middle | c for c in combos for s in self.seeds]
 
     def replace(self, path: str, value) -> "SearchSpec":

@@ -37,6 +37,11 @@ class SearchSection(Strict):
     # searched cell params, `confirm.cells` plus the student) run as a grid, each with this many trials that
     # its own TPE proposes from the other axes; the search then runs trials_per_cell x cells trials.
     trials_per_cell: int | None = Field(None, ge=1)
+    # Issue 11: a trial is one config times every entry of `seeds`, trained as one fused model
+    # (explorer/fused.py). It reports the members' mean, on which ASHA and the searcher decide, and
+    # each seed its own MLflow run; the CE baselines fuse their seeds too. The seed is then not a
+    # searched axis: every config the search tries gets every seed.
+    fuse_seeds: bool = False
 
 
 class Resources(Strict):

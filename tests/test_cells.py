@@ -182,3 +182,16 @@ def test_the_confirmation_takes_each_cells_best_trial_pruned_only_cells_included
         ("cnn1d_w16", 3, 6.0, "pruned"), ("cnn1d_w8", 3, 4.0, "completed")]
     assert missing == [{"teacher": "cnn1d_w32", "teacher_stop_epoch": 3, "statuses": {"diverged": 1}}]
 
+
+
+def test_a_config_with_several_seeds_is_ranked_by_their_mean(plan):
+    """A fused search trial (`search.fuse_seeds`) logs one run per seed: its config competes with its
+    mean, so one lucky seed does not make a config the cell's best."""
+    from analysis.configs import cell_configs
+
+    rows = [(kd("cnn1d_w8", 3, t=2.0, seed=0), "search", "completed", 0.90, 0.9),  # the best single run...
+            (kd("cnn1d_w8", 3, t=2.0, seed=1), "search", "completed", 0.50, 0.5),  # ...of a config whose mean is 0.70
+            (kd("cnn1d_w8", 3, t=4.0, seed=0), "search", "completed", 0.76, 0.7),
+            (kd("cnn1d_w8", 3, t=4.0, seed=1), "search", "completed", 0.74, 0.7)]
+    configs, _ = cell_configs(frame(plan, rows), ["teacher", "teacher_stop_epoch"])
+    assert [c["temperature"] for c in configs] == [4.0]

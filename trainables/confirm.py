@@ -13,11 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-import torch
 from torch import nn
 
-from explorer.errors import KdxError
-from explorer.fused import fuse_models, member_problem
 from explorer.models import build_model
 from explorer.spec import SearchSpec
 from explorer.tracking import KIND_CONFIRM, NO_TEACHER
@@ -52,21 +49,15 @@ def confirm_points(spec: SearchSpec, configs: list[dict], seeds: list[int], plan
 
 
 def fusable(plan: Plan, point: dict) -> bool:
-    """Whether the seeds of `point` can train as fused members: the method allows it (explorer/fused.py
-    `fuse_problem`) and two students of its architecture fuse into one whose forward equals theirs."""
-    settings = plan.settings(point | {"seed": 0}, KIND_CONFIRM)
-    train = settings["train"]
-    evaluate = plan.spec.evaluate
-    if member_problem(train) is not None or evaluate.transfer or evaluate.robust:
-        return False  # (the `evaluate:` attacks run on one model)
-    models = [build_model(train.arch, plan.num_classes, plan.input_shape) for _ in range(2)]
+    """Whether the seeds of `point` train as fused members: they can (`Plan.fuse_problem`), and with
+    `confirm.fuse: auto` it pays (GPU trials, or CPU students without 2-D convolutions)."""
+    if plan.fuse_problem(point, KIND_CONFIRM) is not None:
+        return False
     on_cpu = plan.spec.resources.trial.gpus == 0
-    if plan.spec.confirm.fuse == "auto" and on_cpu and any(isinstance(m, nn.Conv2d) for m in models[0].modules()):
-        return False
-    try:
-        fuse_models(models, torch.zeros(2, *plan.input_shape))
-    except KdxError:
-        return False
+    if plan.spec.confirm.fuse == "auto" and on_cpu:
+        model = build_model(plan.settings(point | {"seed": 0}, KIND_CONFIRM)["train"].arch, plan.num_classes,
+                            plan.input_shape)
+        return not any(isinstance(m, nn.Conv2d) for m in model.modules())
     return True
 
 

@@ -48,6 +48,28 @@ class Plan:
     def student_params(self) -> int:
         return self.sizes[self.student]
 
+    def fuse_problem(self, point: dict, kind: str) -> str | None:
+        """Why the seeds of trial `point` cannot train as fused members (explorer/fused.py), or None:
+        the method or the recipe trains one model at a time, an `evaluate:` attack needs one model, or
+        two students of its architecture do not fuse into one whose forward equals theirs."""
+        import torch
+
+        from explorer.errors import KdxError
+        from explorer.fused import fuse_models, member_problem
+
+        train = self.settings(point | {"seed": 0}, kind)["train"]
+        problem = member_problem(train)
+        if problem is None and (self.spec.evaluate.transfer or self.spec.evaluate.robust):
+            problem = "the evaluate: attacks run on one model"
+        if problem is not None:
+            return problem
+        try:
+            fuse_models([build_model(train.arch, self.num_classes, self.input_shape) for _ in range(2)],
+                        torch.zeros(2, *self.input_shape))
+        except KdxError as e:
+            return str(e)
+        return None
+
     def settings(self, config: dict, kind: str = KIND_SEARCH) -> dict:
         """Every value of one trial, by param name: the fixed ones overlaid with the trial's searched
         ones. Hyperparameters left at null take the method's default; the resolved values are what

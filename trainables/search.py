@@ -130,6 +130,8 @@ def search_setup(spec: SearchSpec, num_samples: int | None) -> ExperimentSetup:
     from ray.tune.schedulers import ASHAScheduler
 
     space, searcher, n = tune_setup(spec, num_samples)
+    if spec.search.fuse_seeds:  # a constant of every trial's config, beside the searcher's values
+        space = space | {"members": list(spec.seeds)}
     s, scheduler = spec.search, None
     if s.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
@@ -221,10 +223,27 @@ def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
          else spec.search.num_samples if spec.search.algorithm != "grid" else "grid")
     out(f"  searched: {', '.join(f'{k} {a.kind} {a.values()}' for k, a in axes.items()) or 'nothing'}")
     out(f"  trials: {n} ({spec.search.algorithm}"
-        f"{', ASHA' if spec.search.asha else ''}) + {len(spec.seeds) if spec.baseline else 0} CE baselines; "
+        f"{', ASHA' if spec.search.asha else ''}) + {len(spec.baseline_points()) if spec.baseline else 0} CE baselines"
+        f"{f', each trial training seeds {spec.seeds} fused' if spec.search.fuse_seeds else ''}; "
         f"resources per trial {spec.resources.trial.cpus} CPU {spec.resources.trial.gpus} GPU, "
         f"per teacher {spec.resources.teacher.cpus} CPU {spec.resources.teacher.gpus} GPU")
     out(f"  results {loc.storage}\n  teachers {plan.store_root}\n  tracking {loc.tracking_uri}")
+
+
+def check_fused_search(spec: SearchSpec, plan: Plan) -> None:
+    """With `search.fuse_seeds`, every student architecture fuses with every method (and CE, for the
+    baselines): refused in one sentence before anything starts, never a failed trial."""
+    if not spec.search.fuse_seeds:
+        return
+    axes = spec.searched_axes()
+    base = {k: a.values()[0] if a.kind in ("choice", "grid") else a.representative() for k, a in axes.items()}
+    methods = axes["method"].values() if "method" in axes else [plan.fixed["method"]]
+    for arch in spec.student_archs():
+        for method in [*methods, "ce"]:
+            problem = plan.fuse_problem(base | {"student": arch, "method": method}, KIND_SEARCH)
+            if problem is not None:
+                raise KdxError(f"search.fuse_seeds: got true, but student {arch!r} with method {method!r} cannot "
+                               f"train fused ({problem}); allowed: false for this spec (each seed its own trial).")
 
 
 def run_search(spec: SearchSpec, spec_text: str, *, num_samples: int | None = None, dry_run: bool = False,
@@ -233,6 +252,7 @@ def run_search(spec: SearchSpec, spec_text: str, *, num_samples: int | None = No
     tracking_uri, resume, max_concurrent."""
     loc = locations(where.pop("storage", None), where.pop("tracking_uri", None))
     plan = make_plan(spec, loc.store_root)
+    check_fused_search(spec, plan)
     describe_plan(spec, plan, loc, out)
     if dry_run:
         return None

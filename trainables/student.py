@@ -88,8 +88,9 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
         store = TeacherStore(plan.store_root, lock=store_lock("auto", plan.store_root))
         teacher = [store.load_model(key, settings["teacher_stop_epoch"])[0]
                    for key in settings["teacher_key"].split(",")]
-    # a confirmation trial may train its seeds as fused members (trainables/confirm.py); its reports carry
-    # each member's row (`members`), which the MLflow logger gives to that member's own run
+    # a trial may train its seeds as fused members (a confirmation trial, trainables/confirm.py; any trial with
+    # search.fuse_seeds); its reports carry each member's row (`members`), which the MLflow logger gives to
+    # that member's own run, and the members' mean, on which ASHA and the searcher decide
     members = config.get("point", config).get("members")
     trainer = Trainer(settings["train"], splits, teacher=teacher, members=members)
     checkpoint = tune.get_checkpoint()

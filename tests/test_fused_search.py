@@ -1,0 +1,71 @@
+"""A search whose trials train every seed of their config as one fused model (`search.fuse_seeds`,
+issue 11): one Ray trial per config, one MLflow run per seed, and ASHA and the searcher see the
+members' mean."""
+
+import glob
+import json
+import statistics
+from collections import defaultdict
+
+import pytest
+
+from explorer.data import load_splits
+from explorer.spec import parse_spec
+from explorer.tracking import MEMBER_TAG, STATUS_TAG
+from explorer.train import Trainer
+from test_search import TINY, by_role, kdx, runs_of, write_spec
+from trainables.plan import make_plan
+
+
+@pytest.fixture(scope="module")
+def fused_search(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("fused_search")
+    search = TINY["search"] | {"num_samples": 4, "fuse_seeds": True, "asha": {"grace_period": 2, "reduction_factor": 2}}
+    spec = write_spec(cwd / "tiny.yaml", search=search)
+    proc = kdx(cwd, "search", str(spec), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    _, runs = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
+    by_trial = defaultdict(list)
+    for r in by_role(runs, "trial"):
+        by_trial[r.data.tags["trial_id"]].append(r)
+    return cwd, proc, runs, by_trial
+
+
+def test_each_trial_is_one_config_with_every_seed_as_its_own_run(fused_search):
+    _, proc, runs, by_trial = fused_search
+    assert "each trial training seeds [0, 1] fused" in proc.stdout
+    kinds = [members[0].data.tags["kdx.kind"] for members in by_trial.values()]
+    assert sorted(kinds) == ["baseline"] + ["search"] * 4  # one baseline trial for both seeds, 4 search trials
+    for members in by_trial.values():
+        assert sorted(r.data.params["seed"] for r in members) == ["0", "1"]
+        assert all(r.data.tags[MEMBER_TAG] == r.data.params["seed"] for r in members)
+        config = [{k: v for k, v in r.data.params.items() if k != "seed"} for r in members]
+        assert config[0] == config[1]  # the same config, searched values included
+        assert len({r.data.tags[STATUS_TAG] for r in members}) == 1  # pruned or completed together
+        assert members[0].data.metrics["val_loss"] != members[1].data.metrics["val_loss"]  # two seeds, two values
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_asha_and_the_searcher_see_the_mean_of_the_members(fused_search):
+    cwd, _, _, by_trial = fused_search
+    finals = {}
+    for path in glob.glob(str(cwd / "kdx_runs" / "ray_results" / "tiny" / "*" / "result.json")):
+        rows = [json.loads(line) for line in open(path) if line.strip()]
+        finals[rows[-1]["trial_id"]] = rows[-1]
+    assert len(finals) == 4 and set(finals) <= set(by_trial)
+    for tid, last in finals.items():
+        members = {r.data.params["seed"]: r.data.metrics["val_acc"] for r in by_trial[tid]}
+        assert {str(m["seed"]): m["val_acc"] for m in last["members"]} == pytest.approx(members)
+        assert last["val_acc"] == pytest.approx(statistics.mean(members.values()))
+
+
+def test_a_fused_baseline_member_is_its_seeds_solo_run(fused_search):
+    cwd, _, _, by_trial = fused_search
+    (baseline,) = [m for m in by_trial.values() if m[0].data.tags["kdx.kind"] == "baseline"]
+    spec = parse_spec(TINY)
+    splits = load_splits(spec.data_spec())
+    alone = make_plan(spec, str(cwd / "unused_store")).settings({"method": "ce", "teacher": "none", "seed": 1})
+    solo = Trainer(alone["train"], splits, device="cpu").run()[-1]
+    (member,) = [r for r in baseline if r.data.params["seed"] == "1"]
+    assert member.data.metrics["val_acc"] == pytest.approx(solo["val_acc"], abs=1.01 / len(splits.val_y))
+    assert member.data.metrics["test_acc"] == pytest.approx(solo["test_acc"], abs=1.01 / len(splits.test_y))
