@@ -6,8 +6,9 @@ groups, every BatchNorm one BatchNorm over S times the channels, every Linear on
 Activations travel member-major along the channel axis, so member s owns channels
 [s*C, (s+1)*C) of every layer, its own batch-norm statistics included; parameter-free layers (ReLU,
 pooling, flatten, residual sums) act on each channel alone and need no change. A tiny model is far from
-the compute limit on CPU and GPU (its time is kernel launches and Python), so S members cost about
-what one does (`benchmarks/fused_speed.py`).
+the compute limit (its time is kernel launches and Python), so S members cost far less than S runs
+(`benchmarks/fused_speed.py`). On CPU a fused 1-D CNN runs its convolutions as channels-last 2-D ones
+of height 1 (GroupedConv1d): oneDNN's grouped 1-D kernel is several times slower.
 
 Why grouped layers and not `torch.func.vmap` over stacked weights: vmap measured 1.37x over solo runs on
 this project's CPU (grouped layers 2.4x for 5 members), and in-place batch-norm running statistics
@@ -29,12 +30,14 @@ import copy
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import KdxError
 from .methods import LossInputs, Method, get_method
 
-# kl_div has no vmap batching rule yet: torch falls back to a loop over members and says so per call
+# An op without a vmap batching rule falls back to a loop over members, and torch says so on every call
+# (kdx's own losses avoid F.kl_div for that reason; a method plugin's loss might not)
 warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
@@ -60,15 +63,56 @@ class FusedLinear(nn.Module):
         return out.transpose(0, 1).reshape(b, s * self.out_features)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """The identity, whose backward hands on a contiguous gradient (a channels-last one slows every
+    elementwise backward before it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class GroupedConv1d(nn.Conv1d):
+    """A grouped Conv1d that on CPU runs as a channels-last Conv2d of height 1 and hands on its output
+    as it comes, (B, C, 1, L) channels-last: oneDNN's grouped 1-D kernel is several times slower there
+    for the small 1-D CNNs fused training is for, and batch norm, ReLU, flatten and the next such conv
+    take the 4-D layout without a copy (`benchmarks/fused_speed.py`). The weights are a Conv1d's.
+    A model whose own code needs (B, C, L) after a conv (a mean over dim 2) gets `channels_last = False`
+    from `fuse_models` and the plain grouped Conv1d."""
+
+    channels_last = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not self.channels_last or x.device.type != "cpu" or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
+            return super().forward(x.squeeze(2) if x.dim() == 4 else x)
+        if x.dim() == 3:  # (B, C, L) from the input or a layer that kept it
+            x = _ContiguousGrad.apply(x).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, *self.stride), (0, *self.padding),
+                        (1, *self.dilation), self.groups)
+
+
+class WideBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over S members' channels that also takes GroupedConv1d's (B, C, 1, L) output."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"expected 2-D, 3-D or 4-D input (got {x.dim()}-D)")
+
+
 def _wide(module: nn.Module, s: int) -> nn.Module | None:
     """The fused counterpart of one leaf layer, None for layers without parameters (kept as they are)."""
     if isinstance(module, _CONVS):
-        return type(module)(module.in_channels * s, module.out_channels * s, module.kernel_size, module.stride,
-                            module.padding, module.dilation, module.groups * s, module.bias is not None,
-                            module.padding_mode)
+        return (GroupedConv1d if isinstance(module, nn.Conv1d) else type(module))(
+            module.in_channels * s, module.out_channels * s, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups * s, module.bias is not None, module.padding_mode)
     if isinstance(module, _NORMS):
-        return type(module)(module.num_features * s, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
+        return (WideBatchNorm1d if isinstance(module, nn.BatchNorm1d) else type(module))(
+            module.num_features * s, module.eps, module.momentum, module.affine, module.track_running_stats)
     if isinstance(module, nn.Linear):
         return FusedLinear(s, module.in_features, module.out_features, module.bias is not None)
     if next(module.parameters(recurse=False), None) is not None or next(module.buffers(recurse=False), None) is not None:
@@ -100,8 +144,10 @@ class FusedModel(nn.Module):
         # member-major channels: (S, B, C, ...) -> (B, S*C, ...); a flat sample (S, B, L) is one channel each
         x = x.transpose(0, 1)
         x = x.reshape(b, s * x.shape[2], *x.shape[3:]) if x.dim() > 3 else x
+        if x.dim() == 4 and x.device.type == "cpu":  # oneDNN's grouped 2-D convolutions are faster channels-last
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.body(x)
-        return out.view(b, s, -1).transpose(0, 1)
+        return out.view(b, s, -1).transpose(0, 1).contiguous()  # (the per-member losses run faster on it)
 
     def member_state_dict(self, s: int) -> dict[str, Tensor]:
         return {k: (v.chunk(self.members)[s] if v.dim() else v).clone() for k, v in self.body.state_dict().items()}
@@ -109,19 +155,31 @@ class FusedModel(nn.Module):
 
 def fuse_models(models: list[nn.Module], probe: Tensor) -> FusedModel:
     """The members as one FusedModel, checked on `probe` (a few input samples): in eval mode, the fused
-    forward must equal each member's own, else the architecture is refused."""
+    forward must equal each member's own, else the architecture is refused. 1-D convolutions are tried
+    channels-last first (GroupedConv1d), then plain, for a model whose code needs their 3-D output."""
     fused = FusedModel(models).to(probe.device)
     was = [m.training for m in models]
     with torch.no_grad():
         for m in models:
             m.eval()
         fused.eval()
-        got = fused(probe.expand(len(models), *probe.shape))
         want = torch.stack([m(probe) for m in models])
+        ok = False
+        for channels_last in (True, False):
+            for conv in fused.modules():
+                if isinstance(conv, GroupedConv1d):
+                    conv.channels_last = channels_last
+            try:  # a layer that cannot take the 4-D layout (a mean over dim 2) fails here
+                got = fused(probe.expand(len(models), *probe.shape))
+            except RuntimeError:
+                continue
+            ok = got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            if ok:
+                break
         for m, w in zip(models, was):
             m.train(w)
     fused.train()
-    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+    if not ok:
         raise KdxError(f"members: architecture {getattr(models[0], 'arch', type(models[0]).__name__)!r} mixes "
                        "channels in a way fused training cannot follow; allowed: one seed at a time for it")
     return fused

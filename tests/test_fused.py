@@ -169,3 +169,29 @@ def test_fusing_checks_the_forward_of_every_member():
         models.append(Mixer())
     with pytest.raises(KdxError, match="^members: architecture 'Mixer' mixes channels"):
         fuse_models(models, torch.randn(2, 8))
+
+
+def test_a_model_that_needs_3d_conv_outputs_fuses_with_plain_grouped_convs():
+    """GroupedConv1d hands on (B, C, 1, L) channels-last on CPU; a model whose own code averages over dim 2
+    after a conv cannot take that, so it gets plain grouped Conv1d and still equals its members."""
+    from explorer.fused import GroupedConv1d
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(1, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x.unsqueeze(1) if x.dim() == 2 else x)).mean(2))
+
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(Pooled())
+    fused = fuse_models(models, torch.randn(2, 8))
+    assert [m.channels_last for m in fused.modules() if isinstance(m, GroupedConv1d)] == [False]
+    x = torch.randn(2, 5, 8)
+    assert torch.allclose(fused(x), torch.stack([m(xi) for m, xi in zip(models, x)]), atol=1e-6)
+    cnn = [build_model("cnn1dbn_w8", 10, (40,)) for _ in range(2)]
+    assert all(m.channels_last for m in fuse_models(cnn, torch.randn(2, 40)).modules() if isinstance(m, GroupedConv1d))

@@ -25,14 +25,17 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor | list[Tensor], tempera
     t_t = temperature if teacher_temperature is None else teacher_temperature
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / t_t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+    # KL written out (F.kl_div with log_target computes the same terms; it has no vmap rule, and fused
+    # members' losses are vmapped, explorer/fused.py)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * temperature**2
 
 
 def soft_kl(student_logits: Tensor, target: Tensor, temperature: float, reduction: str = "batchmean") -> Tensor:
     """T^2 * KL(target || softmax(s/T)) for given target probabilities (zeros allowed);
     `reduction="none"` gives one value per sample."""
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    kl = F.kl_div(log_p_s, target.float(), reduction="none").sum(1) * temperature**2
+    target = target.float()
+    kl = (torch.xlogy(target, target) - target * log_p_s).sum(1) * temperature**2  # F.kl_div's terms, vmappable
     return kl.mean() if reduction == "batchmean" else kl
 
 
