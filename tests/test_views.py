@@ -208,7 +208,9 @@ def test_unaugmented_data_keeps_float32_logits_of_the_plain_set(tmp_path):
     assert sum(seen) == len(splits.val_y) + n  # rated on val, then run once on the training set
     with torch.inference_mode():
         plain = model(splits.train_x).float()
-    assert torch.equal(a.teacher_train_logits.tables[0][:, 0], plain)
+    # the plain logits up to float32 rounding (the table is computed in batches, and the matmul kernels of
+    # some CPUs round a 256-row batch differently from the whole set); fp16 would be off by ~1e-3
+    assert torch.allclose(a.teacher_train_logits.tables[0][:, 0], plain, rtol=1e-6, atol=1e-5)
     model2, _ = st.load_model(rec.key)
     seen2 = _counting(model2)
     Trainer(_kd(views=16), splits, "cpu", teacher=model2)
