@@ -68,8 +68,8 @@ class ConfirmSection(Strict):
     fuse: bool | Literal["auto"] = Field("auto", description=(
         "train a config's seeds as one fused model (explorer/fused.py) where its method and student allow; "
         "each seed still gets its own MLflow run with its own metrics. auto: on GPU trials, and on CPU for "
-        "students without 2-D convolutions (benchmarks/fused_speed.py: on 2 CPU cores fused 1-D CNNs train "
-        "2x faster, fused resnets 2x slower, their convolutions being compute-bound there)"))
+        "students without 2-D convolutions (benchmarks/fused_speed.py, 8 seeds on one CPU thread: fused 1-D CNNs "
+        "train about 4x faster, fused resnets about 0.8x as fast, their convolutions being compute-bound there)"))
 
     def check(self, search_seeds: list[int], searched: dict) -> None:
         """Fresh, distinct seeds, and cells keyed on the teacher lists or searched choice/grid axes."""
