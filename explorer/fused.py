@@ -89,7 +89,7 @@ class GroupedConv1d(nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
         if (not self.channels_last or x.device.type != "cpu" or self.padding_mode != "zeros"
                 or isinstance(self.padding, str)):
-            return super().forward(x.squeeze(2) if x.dim() == 4 else x)
+            return super().forward(x)
         if x.dim() == 3:  # (B, C, L) from the input or a layer that kept it
             x = _ContiguousGrad.apply(x).unsqueeze(2).contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, *self.stride), (0, *self.padding),

@@ -30,6 +30,7 @@ from .datasets import check_data_present
 from .errors import KdxError, pydantic_sentence
 from .methods import METHODS, Method, get_method, hparam_names
 from .models import is_known_model
+from .spec_checks import check_cell_budget, check_fused_search
 from .spec_file import read_spec_file
 from .spec_sections import ConfirmSection, EvaluateSection, ResourcesSection, SearchSection
 from .teachers import parse_teacher, teacher_chains, teacher_kind
@@ -240,46 +241,10 @@ class SearchSpec(Strict):
         if len(set(self.seeds)) != len(self.seeds):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
         check_points(self.search.points_to_evaluate, self.searched_axes(), self.search.algorithm)
-        self._check_cell_budget()
-        self._check_fused_search([get_method(m) for m in axes["method"].values()])
+        check_cell_budget(self)
+        check_fused_search(self, [get_method(m) for m in axes["method"].values()])
         self.confirm.check(self.seeds, self.searched_axes())
         return self
-
-    def _check_fused_search(self, methods: list[Method]) -> None:
-        """`search.fuse_seeds` needs several seeds, and methods and evaluations that train and attack
-        members as one model (whether the student's architecture fuses is checked by the plan)."""
-        from .fused import fuse_problem
-
-        if not self.search.fuse_seeds:
-            return
-        if len(self.seeds) < 2:
-            raise KdxError(f"search.fuse_seeds: got true with seeds {self.seeds}; allowed: true with two or more "
-                           "seeds (each trial trains them all), or false.")
-        problems = [p for p in map(fuse_problem, methods) if p]
-        problems += [f"evaluate.{k} attacks one model at a time" for k in ("transfer", "robust") if getattr(self.evaluate, k)]
-        steps = self._section_axes("student").get("student.adversarial_steps")
-        problems += ["adversarial training attacks one model at a time"] if any(
-            (steps.values() if steps else [self.student.adversarial_steps])) else []
-        if problems:
-            raise KdxError(f"search.fuse_seeds: got true, but {problems[0]}; allowed: false for this spec "
-                           "(each seed its own trial).")
-
-    def _check_cell_budget(self) -> None:
-        per_cell = self.search.trials_per_cell
-        if per_cell is None:
-            return
-        if self.search.algorithm != "optuna":
-            raise KdxError(f"search.trials_per_cell: got {per_cell} with search.algorithm {self.search.algorithm}; "
-                           "allowed: with algorithm optuna (a TPE per cell), or leave it out.")
-        if "num_samples" in self.search.model_fields_set:
-            raise KdxError(f"search.num_samples: got {self.search.num_samples} with search.trials_per_cell; allowed: "
-                           "leave it out (the search runs trials_per_cell x cells trials).")
-        if not set(self.searched_axes()) - set(self.cell_params()) - {"seed"}:
-            raise KdxError(f"search.trials_per_cell: got {per_cell}, but only the cell params ({', '.join(self.cell_params())}) "
-                           "are searched; allowed: with a distill or student axis for each cell's TPE, or leave it out.")
-        if len(self.search_cells()) < 2:
-            raise KdxError(f"search.trials_per_cell: got {per_cell}, but the cell params ({', '.join(self.cell_params())}) "
-                           "take one value; allowed: several teachers, stop epochs or students, or leave it out.")
 
     def search_cells(self) -> list[dict]:
         """With `search.trials_per_cell`: every combination of the searched cell params' values (e.g.
@@ -368,10 +333,10 @@ class SearchSpec(Strict):
         return fixed
 
     def baseline_points(self) -> list[dict]:
-        """The CE baselines: one per seed (one for all seeds, fused, with `search.fuse_seeds`) and per value of
-        every discrete searched student field
-        (each student architecture of a choice); a student field searched over a range takes its
-        middle (`Axis.representative`), and `kdx confirm` re-runs the baseline at the winner's values."""
+        """The CE baselines: one per seed (one for all seeds, fused, with `search.fuse_seeds`) and per
+        value of every discrete searched student field (each student architecture of a choice); a
+        student field searched over a range takes its middle (`Axis.representative`), and `kdx
+        confirm` re-runs the baseline at the winner's values."""
         student = self._section_axes("student")
         discrete = {k: a.values() for k, a in student.items() if a.kind in ("choice", "grid")}
         middle = {k: a.representative() for k, a in student.items() if k not in discrete}

@@ -6,8 +6,9 @@ one trial is one MLflow run for its whole life, found again by its `trial_id` ta
 child of the search's parent run, and always ended (FINISHED, KILLED or FAILED).
 
 A trial that trains fused members (a trial with `members`: its seeds as one model, explorer/fused.py;
-confirmation trials, and every trial with `search.fuse_seeds`) is one MLflow run per member, tagged with the member's seed and given the member's
-own metrics, so every seed looks the same in MLflow and in the analysis whether it trained fused or alone.
+confirmation trials, and every trial with `search.fuse_seeds`) is one MLflow run per member, tagged with
+the member's seed and given the member's own metrics, so every seed looks the same in MLflow and in the
+analysis whether it trained fused or alone.
 
 All MLflow writes happen on the driver, so a SQLite store has one writer per search. A trial's
 epoch metrics are written in batches (`FLUSH_SECONDS`), not one transaction per epoch, and always
