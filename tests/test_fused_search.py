@@ -69,3 +69,36 @@ def test_a_fused_baseline_member_is_its_seeds_solo_run(fused_search):
     (member,) = [r for r in baseline if r.data.params["seed"] == "1"]
     assert member.data.metrics["val_acc"] == pytest.approx(solo["val_acc"], abs=1.01 / len(splits.val_y))
     assert member.data.metrics["test_acc"] == pytest.approx(solo["test_acc"], abs=1.01 / len(splits.test_y))
+
+
+def test_a_student_that_does_not_fuse_is_refused_before_anything_starts(monkeypatch, tmp_path):
+    """A registered student whose forward mixes the channels of its conv (a flip) cannot train fused: the
+    plan refuses `search.fuse_seeds` in one sentence naming the student, before Ray or MLflow start."""
+    import torch
+    from torch import nn
+
+    from explorer.errors import KdxError
+    from explorer.models import KdxModel, register_family, registry
+    from trainables.plan import check_fused_search
+
+    monkeypatch.setattr(registry, "_FAMILIES", list(registry._FAMILIES))  # the real registry stays as is
+
+    class Flipper(KdxModel):
+        def __init__(self, width, num_classes, length):
+            super().__init__()
+            self.conv, self.fc = nn.Conv1d(1, width, 3), nn.Linear(width * (length - 2), num_classes)
+
+        def _forward(self, x):
+            return self.fc(torch.flatten(self.conv(x.unsqueeze(1) if x.dim() == 2 else x).flip(1), 1))
+
+    @register_family(rf"flipper{registry.NUM}", input_family="any", allowed="flipper<width>", examples=["flipper4"])
+    def _flipper(m):
+        return lambda num_classes, shape: Flipper(int(m.group(1)), num_classes, shape[-1])
+
+    spec = parse_spec(TINY | {"student": TINY["student"] | {"arch": "flipper4"},
+                              "search": TINY["search"] | {"fuse_seeds": True}})
+    with pytest.raises(KdxError, match=r"^search\.fuse_seeds: got true, but student 'flipper4' with method 'kd' "
+                                       r"cannot train fused \(members: architecture 'flipper4' mixes channels"):
+        check_fused_search(make_plan(spec, str(tmp_path / "store")))
+    check_fused_search(make_plan(parse_spec(TINY | {"search": TINY["search"] | {"fuse_seeds": True}}),
+                                 str(tmp_path / "store")))  # the tiny spec's cnn1d_w4 fuses

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from explorer.data import DATASETS
+from explorer.errors import KdxError
 from explorer.methods import get_method
 from explorer.models import build_model, count_params
 from explorer.recipe import TeacherRecipe
@@ -54,7 +55,6 @@ class Plan:
         two students of its architecture do not fuse into one whose forward equals theirs."""
         import torch
 
-        from explorer.errors import KdxError
         from explorer.fused import fuse_models, member_problem
 
         train = self.settings(point | {"seed": 0}, kind)["train"]
@@ -176,3 +176,20 @@ def trial_label(settings: dict) -> str:
         parts.append(f"Tt={settings['teacher_temperature']:.3g}")
     parts.append(f"s{settings['seed']}")
     return " ".join(parts)
+
+
+def check_fused_search(plan: Plan) -> None:
+    """With `search.fuse_seeds`, every student architecture fuses with every method (and CE, for the
+    baselines): refused in one sentence before anything starts, never a failed trial."""
+    spec = plan.spec
+    if not spec.search.fuse_seeds:
+        return
+    axes = spec.searched_axes()
+    base = {k: a.values()[0] if a.kind in ("choice", "grid") else a.representative() for k, a in axes.items()}
+    methods = axes["method"].values() if "method" in axes else [plan.fixed["method"]]
+    for arch in spec.student_archs():
+        for method in [*methods, "ce"]:
+            problem = plan.fuse_problem(base | {"student": arch, "method": method}, KIND_SEARCH)
+            if problem is not None:
+                raise KdxError(f"search.fuse_seeds: got true, but student {arch!r} with method {method!r} cannot "
+                               f"train fused ({problem}); allowed: false for this spec (each seed its own trial).")

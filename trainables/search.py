@@ -30,7 +30,7 @@ from explorer.tracking import (
 from .callbacks import MlflowTrialLogger, SearchProgress, trial_status
 from .connect import (OPEN_RUNS, check_address, check_cluster_resources, heartbeat, open_experiment, owner_tags,
                       prepare_tracking, quiet_ray_logs, refuse_rerun)
-from .plan import Plan, make_plan, trial_label
+from .plan import Plan, check_fused_search, make_plan, trial_label
 from .searcher import tune_setup
 from .zoo import classic_page
 from .student import FAULT_ENV, train_student
@@ -230,29 +230,13 @@ def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
     out(f"  results {loc.storage}\n  teachers {plan.store_root}\n  tracking {loc.tracking_uri}")
 
 
-def check_fused_search(spec: SearchSpec, plan: Plan) -> None:
-    """With `search.fuse_seeds`, every student architecture fuses with every method (and CE, for the
-    baselines): refused in one sentence before anything starts, never a failed trial."""
-    if not spec.search.fuse_seeds:
-        return
-    axes = spec.searched_axes()
-    base = {k: a.values()[0] if a.kind in ("choice", "grid") else a.representative() for k, a in axes.items()}
-    methods = axes["method"].values() if "method" in axes else [plan.fixed["method"]]
-    for arch in spec.student_archs():
-        for method in [*methods, "ce"]:
-            problem = plan.fuse_problem(base | {"student": arch, "method": method}, KIND_SEARCH)
-            if problem is not None:
-                raise KdxError(f"search.fuse_seeds: got true, but student {arch!r} with method {method!r} cannot "
-                               f"train fused ({problem}); allowed: false for this spec (each seed its own trial).")
-
-
 def run_search(spec: SearchSpec, spec_text: str, *, num_samples: int | None = None, dry_run: bool = False,
                out=print, **where) -> Outcome | None:
     """Plan, build teachers, run the CE baselines and the KD search; `where`: address, storage,
     tracking_uri, resume, max_concurrent."""
     loc = locations(where.pop("storage", None), where.pop("tracking_uri", None))
     plan = make_plan(spec, loc.store_root)
-    check_fused_search(spec, plan)
+    check_fused_search(plan)
     describe_plan(spec, plan, loc, out)
     if dry_run:
         return None
