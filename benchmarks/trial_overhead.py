@@ -4,10 +4,12 @@ naive ones, measured side by side in one run (issue 11, "trial overhead").
 Two real `kdx search` runs of one small spec (MNIST-1D, cnn1dbn_w8 student, one teacher, no ASHA,
 so both run the same epochs), each in its own directory with its own local Ray and SQLite MLflow:
 
-* naive: a new worker process per trial (`search.reuse_actors: false`) and a checkpoint of the
-  full trainer state with every epoch's report (`search.checkpoint_seconds: 0`);
-* kdx: worker processes reused by the next trial, checkpoints at the last epoch (and at ASHA rungs
-  and at most every 30 s).
+* naive: a new worker process per trial (`search.reuse_actors: false`), a report to Tune after every
+  epoch (`search.report_seconds: 0`) and a checkpoint of the full trainer state with each
+  (`search.checkpoint_seconds: 0`);
+* kdx: worker processes reused by the next trial, a report at ASHA rungs, at the last epoch and at
+  most every 5 s in between (each carrying the epochs since the last), checkpoints at the last epoch
+  (and at ASHA rungs and at most every 30 s).
 
 For each it prints the search's wall time (Ray start included, the teacher build not: a first run
 builds the teacher both reuse), the sum of the trials' MLflow run durations, the time in the
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
     cwd = Path(tempfile.mkdtemp(prefix="kdx_overhead_"))
     os.environ.setdefault("KDX_CACHE", str(Path.home() / ".cache" / "kdx"))
     run(cwd, "warmup", spec("warmup", 1, args.epochs))  # builds the shared teacher once
-    settings = {"naive": {"reuse_actors": False, "checkpoint_seconds": 0}, "kdx": {}}
+    settings = {"naive": {"reuse_actors": False, "checkpoint_seconds": 0, "report_seconds": 0}, "kdx": {}}
     rows = {}
     for label, search in settings.items():
         seconds = run(cwd, label, spec(label, args.trials, args.epochs, **search))

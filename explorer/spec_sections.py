@@ -30,6 +30,11 @@ class SearchSection(Strict):
     # A trial checkpoints at every ASHA rung and at its last epoch, and between them at most this
     # often (0: every epoch). A restart repeats at most this much training, exactly.
     checkpoint_seconds: float = Field(30.0, ge=0, allow_inf_nan=False)
+    # A trial reports to Tune at every ASHA rung, with every checkpoint and at its last epoch, and between
+    # them at most this often (0: every epoch); each report carries every epoch since the one before, so
+    # MLflow still gets one step per epoch. A report is a round trip to the driver during which the
+    # trial's training waits (Tune function trainables report synchronously).
+    report_seconds: float = Field(5.0, ge=0, allow_inf_nan=False)
     # Ray Tune's reuse_actors: the next trial runs in the worker process of a finished one (no
     # process start, no second torch import). Trials keep no state between them: each builds its own.
     reuse_actors: bool = True

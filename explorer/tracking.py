@@ -64,6 +64,10 @@ SEED_PARAM = "seed"
 DERIVED_PARAMS = ("student_params", "teacher_params", "capacity_ratio", "teacher_epochs", "teacher_kind",
                   "teacher_chain")
 
+# A trial's report to Tune carries, under this key, the metric rows of the epochs trained since its
+# previous report, oldest first (trainables/student.py batches reports, `search.report_seconds`).
+EARLIER_EPOCHS = "earlier_epochs"
+
 # Per-epoch metrics (step = epoch, 1-based) produced by explorer.train.Trainer.
 EPOCH_METRICS = (
     "train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "test_acc", "test_loss",

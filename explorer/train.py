@@ -53,9 +53,9 @@ class Trainer:
     1..init_epochs train on `method.init_losses` with their own SGD optimiser and schedule
     (`method.init_recipe`), then epochs init_epochs+1 .. init_epochs+cfg.epochs are the recipe's main
     stage (`method.losses`, the recipe's optimiser; its schedule counts from the stage's first epoch).
-    One epoch clock runs through both (`total_epochs`), one report per epoch, each with `stage` 1 or 2;
-    so Ray's `training_iteration` (ASHA's clock) counts the init epochs too, and a two-stage trial
-    reports init_epochs more times than `cfg.epochs`.
+    One epoch clock runs through both (`total_epochs`), one callback per epoch, each with `stage` 1 or 2;
+    so `epoch` (ASHA's clock) counts the init epochs too, and a two-stage trial has init_epochs more
+    epochs than `cfg.epochs`.
 
     `members=[s1, ..., sS]` trains S seeds of `cfg` as one fused model (explorer/fused.py) in this same
     loop: batches, views and teacher logits carry a leading member axis, the loss is computed per member,

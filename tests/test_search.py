@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from explorer.data import load_splits
 from explorer.spec import parse_spec
-from explorer.tracking import MEMBER_TAG, PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
+from explorer.tracking import EARLIER_EPOCHS, MEMBER_TAG, PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
 from explorer.train import Trainer
 from trainables.plan import make_plan
 
@@ -67,10 +67,29 @@ def by_role(runs, role):
 def searched(tmp_path_factory):
     """The quickstart shrunk (tests/specs/tiny.yaml): 2 teachers x 2 stop epochs, 8 Optuna trials, 2 baselines."""
     cwd = tmp_path_factory.mktemp("search")
-    spec = write_spec(cwd / "tiny.yaml", search=TINY["search"] | {"asha": {"grace_period": 1, "reduction_factor": 3}})
+    # report_seconds 60: a trial reports to Tune only at the rungs (epochs 1 and 3) and at its last epoch
+    spec = write_spec(cwd / "tiny.yaml", search=TINY["search"] | {"asha": {"grace_period": 1, "reduction_factor": 3},
+                                                                   "report_seconds": 60})
     proc = kdx(cwd, "search", str(spec), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     return cwd, proc
+
+
+def test_reports_come_at_rungs_and_the_last_epoch_carrying_the_epochs_between(searched):
+    """Tune hears a search trial at ASHA's rungs (1, 3) and its last epoch (4), the baseline (no ASHA) at
+    its last epoch only; each report carries the epochs since the previous one, which MLflow logs as
+    steps of their own (`test_every_trial_is_a_child_run_with_epoch_metrics`)."""
+    cwd, _ = searched
+    seen = {}
+    for result_file in glob.glob(str(cwd / "kdx_runs" / "ray_results" / "*" / "*" / "result.json")):
+        lines = [json.loads(line) for line in Path(result_file).read_text().splitlines()]
+        seen[result_file] = [(r["epoch"], [e["epoch"] for e in r.get(EARLIER_EPOCHS, ())]) for r in lines]
+    search = [v for k, v in seen.items() if "__baseline" not in k]
+    baseline = [v for k, v in seen.items() if "__baseline" in k]
+    assert len(search) == 8 and len(baseline) == 2, sorted(seen)
+    assert all(v == [(1, []), (3, [2]), (4, [])][:len(v)] for v in search), search
+    assert [(1, []), (3, [2]), (4, [])] in search  # at least one trial ran to its end
+    assert baseline == [[(4, [1, 2, 3])]] * 2
 
 
 def test_every_trial_is_a_child_run_with_epoch_metrics(searched):

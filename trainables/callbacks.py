@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from explorer.tracking import (
-    COMPLETED, DIVERGED, EPOCH_METRICS, FAILED, INTERRUPTED, KIND_CONFIRM, KIND_TAG, MEMBER_TAG, PARENT_TAG, PRUNED,
+    COMPLETED, DIVERGED, EARLIER_EPOCHS, EPOCH_METRICS, FAILED, INTERRUPTED, KIND_CONFIRM, KIND_TAG, MEMBER_TAG, PARENT_TAG, PRUNED,
     ROLE_TAG, ROLE_TRIAL, RUNNING, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG, TRIAL_PARAMS, is_better,
 )
 from explorer.tracking import trial_status as _status_of
@@ -148,14 +148,15 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid, now = trial.trial_id, int(time.time() * 1000)
-        for member in self.run_ids(trial):
-            row = member_result(result, member)
-            step = int(row.get("epoch", 0))
-            if step <= self._last_step.get((tid, member), 0):
-                continue  # already logged before a resume
-            self._pending.setdefault((tid, member), []).extend(
-                Metric(k, v, now, step) for k, v in logged_metrics(row).items())
-            self._last_step[tid, member] = step
+        for epoch_result in [*result.get(EARLIER_EPOCHS, ()), result]:  # a report batches epochs
+            for member in self.run_ids(trial):
+                row = member_result(epoch_result, member)
+                step = int(row.get("epoch", 0))
+                if step <= self._last_step.get((tid, member), 0):
+                    continue  # already logged before a resume
+                self._pending.setdefault((tid, member), []).extend(
+                    Metric(k, v, now, step) for k, v in logged_metrics(row).items())
+                self._last_step[tid, member] = step
         if time.monotonic() - self._flushed.setdefault(tid, time.monotonic()) >= FLUSH_SECONDS:
             self._flush(tid)
 

@@ -134,7 +134,7 @@ def search_setup(spec: SearchSpec, num_samples: int | None) -> ExperimentSetup:
         space = space | {"members": list(spec.seeds)}
     s, scheduler = spec.search, None
     if s.asha:
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
+        scheduler = ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode,
                                   max_t=spec.trial_epochs(), grace_period=s.asha.grace_period,
                                   reduction_factor=s.asha.reduction_factor)
     return ExperimentSetup(KIND_SEARCH, spec.name, space, searcher, n, expected_trials(spec, num_samples), scheduler)

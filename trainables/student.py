@@ -2,9 +2,11 @@
 
 - The data arrives once per trial through Ray's object store (`tune.with_parameters`), never per epoch.
 - The teacher comes from the teacher store, checksum-verified, loaded with `weights_only=True`.
-- Every epoch reports its metrics; a checkpoint of the full trainer state goes with the report only
-  where a restart needs one (`checkpoint_epochs`): at every ASHA rung, at the last epoch, and
-  between them at most every `search.checkpoint_seconds`. A retried (crashed) or resumed
+- Every epoch's metrics reach Tune, batched: a report goes at every ASHA rung, at the last epoch, with
+  every checkpoint, and between them at most every `search.report_seconds`; it carries the epochs since
+  the previous report (`EARLIER_EPOCHS`), which the MLflow logger writes one step each. A checkpoint of the
+  full trainer state goes with the report only where a restart needs one (`checkpoint_epochs`): at
+  every ASHA rung, at the last epoch, and between them at most every `search.checkpoint_seconds`. A retried (crashed) or resumed
   (interrupted) trial continues from its last checkpoint; the trainer state holds the RNG states,
   so the epochs it repeats give the same numbers as the first time (the MLflow logger skips the
   epochs a run already logged).
@@ -23,7 +25,7 @@ from ray import tune
 
 from explorer.attacks import PGD, pixel_box, robust_accuracy, transfer_rate
 from explorer.store import TeacherStore
-from explorer.tracking import KIND_SEARCH
+from explorer.tracking import EARLIER_EPOCHS, KIND_SEARCH
 from explorer.train import Diverged, Trainer, load_state, save_state
 
 from .locks import store_lock
@@ -101,27 +103,37 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
     node = ray.get_runtime_context().get_node_id()
     search = plan.spec.search
     asha = (search.asha.grace_period, search.asha.reduction_factor) if search.asha and kind == KIND_SEARCH else None
-    keep = checkpoint_epochs(trainer.cfg.epochs, asha)
-    last_saved = time.monotonic()
+    keep = checkpoint_epochs(trainer.total_epochs, asha)  # on the one epoch clock (init stage included)
+    last_saved = last_reported = time.monotonic()
+    unreported: list[dict] = []  # epochs trained since the last report
 
     def report(epoch: int, metrics: dict, tr: Trainer) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_reported
         _maybe_inject_fault(epoch)
         metrics = metrics | {"diverged": 0.0, "node_id": node}
         if epoch == tr.total_epochs and plan.spec.evaluate.transfer and tr.teacher is not None:
             metrics |= transfer_metrics(tr)
         if epoch == tr.total_epochs and plan.spec.evaluate.robust:
             metrics |= robust_metrics(tr, plan.spec.evaluate.robust_restarts)
-        if epoch not in keep and time.monotonic() - last_saved < search.checkpoint_seconds:
-            tune.report(metrics)
+        now = time.monotonic()
+        save = epoch in keep or now - last_saved >= search.checkpoint_seconds
+        if not save and now - last_reported < search.report_seconds:
+            unreported.append(metrics)
             return
-        with tempfile.TemporaryDirectory() as d:
-            save_state(tr.state_dict(), Path(d) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        last_saved = time.monotonic()
+        result = metrics | ({EARLIER_EPOCHS: unreported.copy()} if unreported else {})
+        unreported.clear()
+        if save:
+            with tempfile.TemporaryDirectory() as d:
+                save_state(tr.state_dict(), Path(d) / STATE_FILE)
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            last_saved = time.monotonic()
+        else:
+            tune.report(result)
+        last_reported = time.monotonic()
 
     try:
         trainer.run(report)
     except Diverged:
         # One last report for the epoch that diverged; no checkpoint (its weights are not finite).
-        tune.report({"epoch": trainer.epoch + 1, "diverged": 1.0, "val_acc": 0.0, "train_loss": float("nan")})
+        tune.report({"epoch": trainer.epoch + 1, "diverged": 1.0, "val_acc": 0.0, "train_loss": float("nan")}
+                    | ({EARLIER_EPOCHS: unreported} if unreported else {}))

@@ -25,8 +25,8 @@ matrices (fsp). Stage 1 initialises the student on a feature loss alone; stage 2
 Both: stage 2 = Hinton KD with alpha = 0.9, T = 4 (table I) on the whole student with the student's recipe;
 stage 1 = `init_epochs` = 100 epochs of SGD at `init_lr` = 0.001, x0.1 at 60% and 80% of them (epochs 60
 and 80 of 100), momentum and weight decay from the student's recipe (seed 000 section III). The trainer
-runs both stages on one epoch clock (explorer/train.py): a trial reports init_epochs + epochs times, each
-epoch's `stage` metric says which; ASHA's `training_iteration` counts the init epochs (in which the
+runs both stages on one epoch clock (explorer/train.py): a trial has init_epochs + epochs epochs, each
+epoch's `stage` metric says which; ASHA's clock, `epoch`, counts the init epochs (in which the
 student's accuracy is near chance: give ASHA a grace period past init_epochs, or run without ASHA, as the
 seed specs do). `init_epochs` = 0 gives the one-stage method (Hinton KD only).
 """
