@@ -108,3 +108,27 @@ def test_bad_hyperparameters_name_the_field(params, field):
 def test_unknown_method():
     with pytest.raises(KdxError, match="method.*'hinton'.*allowed"):
         get_method("hinton")
+
+
+@pytest.mark.parametrize("classes", [2, 10, 15, 16, 100])
+def test_kdx_cross_entropy_equals_torchs_values_and_gradients(classes):
+    """kdx's `log_softmax`/`cross_entropy` take another CPU kernel below 16 classes; same numbers, checked
+    against numpy's log-sum-exp (and torch's), a masked -inf logit included (DKD masks the label)."""
+    from explorer.methods.losses import cross_entropy, log_softmax
+
+    g = torch.Generator().manual_seed(classes)
+    x = torch.randn(64, classes, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, classes, (64,), generator=g)
+    xn = x.numpy()
+    ref = xn - (xn.max(1, keepdims=True) + np.log(np.exp(xn - xn.max(1, keepdims=True)).sum(1, keepdims=True)))
+    np.testing.assert_allclose(log_softmax(x, 1).numpy(), ref, rtol=1e-12, atol=1e-12)
+    masked = x.masked_fill(F.one_hot(y, classes).bool(), float("-inf"))
+    assert torch.equal(log_softmax(masked.float(), 1), F.log_softmax(masked.float(), 1))
+    xs = x.float().requires_grad_(True)
+    xt = x.float().requires_grad_(True)
+    cross_entropy(xs, y).backward()
+    F.cross_entropy(xt, y).backward()
+    assert cross_entropy(xs, y).item() == pytest.approx(-ref[np.arange(64), y.numpy()].mean(), rel=1e-6)
+    torch.testing.assert_close(xs.grad, xt.grad, rtol=1e-6, atol=1e-7)
+    per_sample = cross_entropy(x, y, reduction="none").numpy()
+    np.testing.assert_allclose(per_sample, -ref[np.arange(64), y.numpy()], rtol=1e-12)

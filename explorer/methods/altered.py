@@ -72,7 +72,7 @@ from torch import Tensor
 
 from ..errors import KdxError
 from .base import HParam, LossInputs, Method, register
-from .losses import smoothed_targets, soft_kl
+from .losses import cross_entropy, smoothed_targets, soft_kl
 
 SUBSETS = {0: "none", 1: "correct", 2: "regularization", 3: "regularization & correct", 4: "not correct", 5: "all"}
 NONE_SUBSET, ALL_SUBSET = 0, 5
@@ -170,7 +170,7 @@ class AlteredKD(Method):
         target = torch.where(mask.view(-1, 1), altered_target(self.scheme, weak, strong, logits, y, hp),
                              soft(weak, y, T)[0])
         alpha = hp["alpha"]
-        ce = F.cross_entropy(logits, y)
+        ce = cross_entropy(logits, y)
         return {"ce": (1.0 - alpha) * ce, "kd": alpha * soft_kl(logits, target, T)}
 
 

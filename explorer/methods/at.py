@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HParam, LossInputs, Method, register
+from .losses import cross_entropy
 from .feature_ops import match_spatial, pick
 
 BLOCKS = (1, 2, 3)
@@ -52,7 +53,7 @@ class AttentionTransfer(Method):
         return None
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        ce = F.cross_entropy(inputs.student_logits.float(), inputs.targets)
+        ce = cross_entropy(inputs.student_logits.float(), inputs.targets)
         pairs = zip(pick(inputs.student_features, BLOCKS, self.name), pick(inputs.teacher_features, BLOCKS, self.name))
         at = sum(at_term(fs, ft) for fs, ft in pairs)
         return {"ce": ce, "at": hp["beta"] / 2 * at}

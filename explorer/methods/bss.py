@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import TEMPERATURE, HParam, LossInputs, Method, register
-from .losses import soft_kl
+from .losses import cross_entropy, soft_kl
 
 
 def bss_weights(epoch: int, epochs: int) -> tuple[float, float]:
@@ -89,7 +89,7 @@ class BoundarySupportingSamples(Method):
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
         s, t, y, temp = inputs.student_logits, inputs.teacher_logits, inputs.targets, hp["temperature"]
         kd_w, bss_w = bss_weights(inputs.epoch, inputs.epochs)
-        terms = {"ce": F.cross_entropy(s.float(), y),
+        terms = {"ce": cross_entropy(s.float(), y),
                  "kd": kd_w * soft_kl(s, F.softmax(t.float() / temp, 1), temp) / temp**2}
         bss = torch.zeros((), device=s.device)
         idx = base_samples(t, s, y, hp["attack_size"]) if bss_w > 0 else y[:0]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ALPHA, HParam, LossInputs, Method, register
-from .losses import smoothed_targets, soft_kl
+from .losses import cross_entropy, smoothed_targets, soft_kl
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ConsistentKnowledgeMining(Method):
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
         logits = inputs.student_logits.float()
         y = inputs.targets
-        ce = F.cross_entropy(logits, y)
+        ce = cross_entropy(logits, y)
         T_s, T_t = hp["temperature"], hp["teacher_temperature"]
         p_t = F.softmax(inputs.teacher_logits.float() / T_t, dim=1)
         p_s = F.softmax(logits.detach() / T_s, dim=1)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import TEMPERATURE, HParam, LossInputs, Method, register
+from .losses import cross_entropy, log_softmax
 
 
 def _binary_kl(p_teacher: Tensor, p_student: Tensor) -> Tensor:
@@ -47,8 +48,8 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, t
     p_t = F.softmax(t, 1).gather(1, targets.view(-1, 1)).squeeze(1)
     tckd = _binary_kl(p_t, p_s).mean() * T**2
     # the label's logit pushed to -inf: a softmax over the non-target classes only
-    log_q_s = F.log_softmax(s.masked_fill(label, float("-inf")), 1).masked_fill(label, 0.0)
-    log_q_t = F.log_softmax(t.masked_fill(label, float("-inf")), 1).masked_fill(label, 0.0)
+    log_q_s = log_softmax(s.masked_fill(label, float("-inf")), 1).masked_fill(label, 0.0)
+    log_q_t = log_softmax(t.masked_fill(label, float("-inf")), 1).masked_fill(label, 0.0)
     nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum(1).mean() * T**2
     return tckd, nckd
 
@@ -58,7 +59,7 @@ class DecoupledKD(Method):
     __doc__ = __doc__
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        ce = F.cross_entropy(inputs.student_logits.float(), inputs.targets)
+        ce = cross_entropy(inputs.student_logits.float(), inputs.targets)
         tckd, nckd = dkd_terms(inputs.student_logits, inputs.teacher_logits, inputs.targets, hp["temperature"])
         w = min(inputs.epoch / hp["warmup_epochs"], 1.0) if hp["warmup_epochs"] > 0 else 1.0
         return {"ce": ce, "tckd": w * hp["alpha"] * tckd, "nckd": w * hp["beta"] * nckd}

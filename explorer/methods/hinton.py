@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ALPHA, KD_STOP_EPOCH, TEACHER_KINDS, TEACHER_TEMPERATURE, TEMPERATURE, LossInputs, Method, register
-from .losses import kd_kl
+from .losses import cross_entropy, kd_kl
 
 KD_HPARAMS = (TEMPERATURE, ALPHA, KD_STOP_EPOCH, TEACHER_TEMPERATURE)
 
@@ -19,7 +18,7 @@ class CrossEntropy(Method):
     """Plain training on the (possibly noisy) labels: the CE-only baseline, and how teachers train."""
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        return {"ce": F.cross_entropy(inputs.student_logits.float(), inputs.targets)}
+        return {"ce": cross_entropy(inputs.student_logits.float(), inputs.targets)}
 
 
 register(CrossEntropy(
@@ -48,7 +47,7 @@ class HintonKD(Method):
         return stop is None or epoch < stop
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        ce = F.cross_entropy(inputs.student_logits.float(), inputs.targets)
+        ce = cross_entropy(inputs.student_logits.float(), inputs.targets)
         if not self.uses_teacher(inputs.epoch, hp):
             return {"ce": ce}
         alpha = hp["alpha"]

@@ -12,6 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# On CPU, torch's log-softmax over a last dimension shorter than 16 (10 classes) takes a scalar path,
+# 5-8x slower than its kernel over an outer dimension (`benchmarks/softmax_speed.py`); with the batch
+# rows of 8 fused members it was a quarter of a fused 1-D CNN step. Fewer classes than this go through
+# the outer-dimension kernel, which gives the same values.
+FEW_CLASSES = 16
+
+
+def log_softmax(x: Tensor, dim: int = 1) -> Tensor:
+    """`F.log_softmax(x, dim)`, with the classes moved to the front first where that is faster (CPU, few
+    classes, `FEW_CLASSES`)."""
+    if x.device.type == "cpu" and x.shape[dim] < FEW_CLASSES:
+        return F.log_softmax(x.movedim(dim, 0), 0).movedim(0, dim)
+    return F.log_softmax(x, dim)
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """`F.cross_entropy(logits, targets)` (class indices, no weights or smoothing) via `log_softmax`."""
+    return F.nll_loss(log_softmax(logits, 1), targets, reduction=reduction)
+
 
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor | list[Tensor], temperature: float,
           teacher_temperature: float | None = None) -> Tensor:
@@ -23,8 +42,8 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor | list[Tensor], tempera
     if isinstance(teacher_logits, (list, tuple)):
         return torch.stack([kd_kl(student_logits, t, temperature, teacher_temperature) for t in teacher_logits]).mean()
     t_t = temperature if teacher_temperature is None else teacher_temperature
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / t_t, dim=1)
+    log_p_s = log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = log_softmax(teacher_logits.float() / t_t, dim=1)
     # KL written out (F.kl_div with log_target computes the same terms; it has no vmap rule, and fused
     # members' losses are vmapped, explorer/fused.py)
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * temperature**2
@@ -33,7 +52,7 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor | list[Tensor], tempera
 def soft_kl(student_logits: Tensor, target: Tensor, temperature: float, reduction: str = "batchmean") -> Tensor:
     """T^2 * KL(target || softmax(s/T)) for given target probabilities (zeros allowed);
     `reduction="none"` gives one value per sample."""
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_s = log_softmax(student_logits.float() / temperature, dim=1)
     target = target.float()
     kl = (torch.xlogy(target, target) - target * log_p_s).sum(1) * temperature**2  # F.kl_div's terms, vmappable
     return kl.mean() if reduction == "batchmean" else kl

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import MultiBranch, build_model
 from .base import TEMPERATURE, HParam, LossInputs, Method, register
-from .losses import kd_kl
+from .losses import cross_entropy, kd_kl
 
 
 class Cohort(nn.Module):
@@ -47,7 +46,7 @@ class MutualLearning(Method):
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
         stacked = inputs.student_logits.float()  # (k, B, C)
         k, T = stacked.shape[0], hp["temperature"]
-        ce = sum(F.cross_entropy(stacked[i], inputs.targets) for i in range(k))
+        ce = sum(cross_entropy(stacked[i], inputs.targets) for i in range(k))
         kd = sum(kd_kl(stacked[i], stacked[j].detach(), T) for i in range(k) for j in range(k) if j != i) / (k - 1)
         return {"ce": ce, "kd": kd}
 
@@ -88,7 +87,7 @@ class OnTheFlyNativeEnsemble(Method):
         stacked = inputs.student_logits.float()  # (m + 1, B, C): branches, then the gated ensemble
         branches, ens = stacked[:-1], stacked[-1]
         y, T = inputs.targets, hp["temperature"]
-        ce = sum(F.cross_entropy(z, y) for z in branches) + F.cross_entropy(ens, y)
+        ce = sum(cross_entropy(z, y) for z in branches) + cross_entropy(ens, y)
         target = ens.detach()
         kd = sum(kd_kl(z, target, T) for z in branches)
         return {"ce": ce, "kd": kd}

@@ -31,10 +31,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import HParam, LossInputs, Method, register
+from .losses import cross_entropy
 from .feature_ops import check_same_spatial, connector, match_spatial, pick
 from .fitnet import TwoStage
 
@@ -110,7 +110,7 @@ class Overhaul(Method):
         return build_connectors(self, student_shapes, teacher_shapes)
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        ce = F.cross_entropy(inputs.student_logits.float(), inputs.targets)
+        ce = cross_entropy(inputs.student_logits.float(), inputs.targets)
         b = len(inputs.targets)
         total = 0.0
         for w, (r, t) in zip(WEIGHTS, pairs(self, inputs)):

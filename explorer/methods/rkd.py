@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HParam, LossInputs, Method, register
+from .losses import cross_entropy
 
 
 def pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -70,7 +71,7 @@ class RelationalKD(Method):
     __doc__ = __doc__
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        terms = {"ce": F.cross_entropy(inputs.student_logits.float(), inputs.targets)}
+        terms = {"ce": cross_entropy(inputs.student_logits.float(), inputs.targets)}
         es, et = inputs.student_features[-1], inputs.teacher_features[-1]
         if "lambda_d" in hp:
             terms["rkd_d"] = hp["lambda_d"] * distance_term(es, et)

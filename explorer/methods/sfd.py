@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..errors import KdxError
 from .base import HParam, LossInputs, Method, register
+from .losses import cross_entropy
 
 
 def pool_to(ft: Tensor, shape: tuple) -> Tensor:
@@ -49,7 +50,7 @@ class SimpleFeatureDistillation(Method):
         return None
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        ce = F.cross_entropy(inputs.student_logits.float(), inputs.targets)
+        ce = cross_entropy(inputs.student_logits.float(), inputs.targets)
         return {"ce": ce, "sfd": hp["sfd_weight"] * sfd_term(inputs.student_features, inputs.teacher_features)}
 
 

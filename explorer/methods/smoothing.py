@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ALPHA, HParam, LossInputs, Method, register
-from .losses import smoothed_targets, soft_kl
+from .losses import cross_entropy, log_softmax, smoothed_targets, soft_kl
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class LabelSmoothing(Method):
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
         logits = inputs.student_logits.float()
         q = smoothed_targets(inputs.targets, logits.shape[1], 1.0 - hp["epsilon"])
-        return {"ce": -(q * F.log_softmax(logits, dim=1)).sum(1).mean()}
+        return {"ce": -(q * log_softmax(logits, dim=1)).sum(1).mean()}
 
 
 register(LabelSmoothing(
@@ -46,7 +45,7 @@ class VirtualTeacherKD(Method):
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
         logits = inputs.student_logits.float()
-        ce = F.cross_entropy(logits, inputs.targets)
+        ce = cross_entropy(logits, inputs.targets)
         p_d = smoothed_targets(inputs.targets, logits.shape[1], hp["delta"])
         p_dt = p_d.pow(1.0 / hp["temperature"])
         p_dt = p_dt / p_dt.sum(1, keepdim=True)

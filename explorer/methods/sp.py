@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HParam, LossInputs, Method, register
+from .losses import cross_entropy
 from .feature_ops import pick
 
 BLOCKS = (3,)
@@ -46,7 +47,7 @@ class SimilarityPreserving(Method):
         return None
 
     def losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
-        ce = F.cross_entropy(inputs.student_logits.float(), inputs.targets)
+        ce = cross_entropy(inputs.student_logits.float(), inputs.targets)
         (fs,), (ft,) = pick(inputs.student_features, BLOCKS, self.name), pick(inputs.teacher_features, BLOCKS, self.name)
         return {"ce": ce, "sp": hp["gamma"] * sp_term(fs, ft)}
 

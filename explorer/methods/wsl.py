@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ALPHA, HParam, LossInputs, Method, register
-from .losses import soft_kl
+from .losses import cross_entropy, soft_kl
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,10 @@ class WeightedSoftLabels(Method):
         logits = inputs.student_logits.float()
         y = inputs.targets
         t_logits = inputs.teacher_logits.float()
-        ce = F.cross_entropy(logits, y)
+        ce = cross_entropy(logits, y)
         with torch.no_grad():
-            ce_s = F.cross_entropy(logits.detach(), y, reduction="none")
-            ce_t = F.cross_entropy(t_logits, y, reduction="none")
+            ce_s = cross_entropy(logits.detach(), y, reduction="none")
+            ce_t = cross_entropy(t_logits, y, reduction="none")
             w = 1.0 - torch.exp(-ce_s / ce_t.clamp_min(1e-7))
         T = hp["temperature"]
         kl = soft_kl(logits, F.softmax(t_logits / T, dim=1), T, reduction="none")
