@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from explorer.tracking import COMPLETED, DERIVED_PARAMS, KIND_BASELINE, KIND_SEARCH, NO_TEACHER, PRUNED, SEED_PARAM
+from explorer.tracking import COMPLETED, DERIVED_PARAMS, KIND_BASELINE, KIND_CONFIRM, KIND_SEARCH, NO_TEACHER, PRUNED, SEED_PARAM
 
 from .runs import is_none, param_columns, typed
 
@@ -127,15 +127,24 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def distilled(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed runs with a teacher."""
+def searched(df: pd.DataFrame) -> pd.DataFrame:
+    """Completed runs of the search and its baselines: every completed run but the confirmation's. Those
+    answer only the confirmed cells (analysis.cells); the search's sections choose the best run on
+    validation, and must neither choose a lucky confirmation seed nor pool the selected search run with
+    the unselected fresh seeds."""
     c = completed(df)
+    return c[c["kind"] != KIND_CONFIRM]
+
+
+def distilled(df: pd.DataFrame) -> pd.DataFrame:
+    """Completed search runs with a teacher (`searched`)."""
+    c = searched(df)
     return c[~is_baseline(c) & ~no_teacher(c["teacher"])]
 
 
 def baselines(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed CE-only baseline runs."""
-    c = completed(df)
+    """Completed CE-only baseline runs of the search (`searched`)."""
+    c = searched(df)
     return c[is_baseline(c)]
 
 

@@ -89,7 +89,7 @@ def kd_gain(df: pd.DataFrame, confidence: float = 0.95, metrics=("val_acc", "tes
     """Best distilled config vs the same student's CE-only baseline, across seeds.
 
     The best config is the config of the student's best distilled run (`best_trial`); all its
-    completed runs (search and confirm, any seed) form the distilled side; the student's completed
+    completed search runs (any seed; never the confirmation's) form the distilled side; the student's completed
     baseline runs of the same dataset form the other, narrowed to those trained like the best
     config (same `epochs`, then same value of each `student.*` recipe param) wherever some are.
     Statistics per metric by `gain_statistics`. `table`: one row per (student, metric);

@@ -11,13 +11,16 @@ the sweet spot and the summary are here. The rules they share are `analysis.conf
   ("best run", "best teacher", "best stop epoch", "best config") is made on that score alone, by
   one rule (`best_trial`: highest score, ties to the first logged); `test_acc` is reported beside
   it, never used to choose.
+- These questions read the search's runs (`searched`): a confirmation run (`kdx confirm`, kind
+  `confirm`) answers only the confirmed cells (`analysis.cells`, the report's Answer), so a fresh seed
+  is never chosen here nor pooled with the search's selected run.
 - A *baseline* run is a CE-only student: kind `baseline`, or teacher "none" with method `ce`.
   A *distilled* run is a completed run with a teacher. Teacher-free runs with another method are
   neither and are left out.
 - A *config* is every param a trial logged except its seed and the derived params (parameter
   counts, the teacher's recipe facts): `config_columns(df)`, derived from the frame. Runs of one
-  config with different seeds (a search run plus `kdx confirm` re-runs) are grouped: the best run
-  picks the config, and the config's seeds give the mean, std and the KD-gain statistics.
+  config with different seeds (`seeds` of a search, fused or not) are grouped: the best run picks the
+  config, and the config's seeds give the mean, std and the KD-gain statistics.
 - Every selection picks the single best run by score (the winner's-curse bias of a max over many
   configs is why `val_acc_mean` over the config's seeds, and the KD gain across seeds, sit beside it).
 

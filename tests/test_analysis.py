@@ -44,7 +44,7 @@ KD_LOSS = {"t1": .10, "t2": .20, "t3": .30, "t4": .50}           # rises with te
 # T x alpha grid at the sweet-spot checkpoint t3@20 (the (4, .9) cell is the best config, below)
 GRID = {(1, .1): .78, (1, .5): .79, (1, .9): .80, (4, .1): .805, (4, .5): .815,
         (10, .1): .80, (10, .5): .81, (10, .9): .825}
-BEST_VAL = [.84, .83, .835, .825, .832]    # best config t3@20 T=4 a=.9, seeds 0..4 (0 = search, 1-4 = confirm)
+BEST_VAL = [.84, .83, .835, .825, .832]    # best config t3@20 T=4 a=.9, search seeds 0..4
 BEST_TEST = [.82, .815, .81, .80, .818]
 BASE_SEEDS = [10, 11, 12, 13, 14]          # different seeds -> Welch
 BASE_VAL = [.70, .71, .705, .715, .695]
@@ -101,8 +101,7 @@ def planted_trials() -> list[dict]:
     for (T, a), val in GRID.items():
         out.append(_trial(teacher="t3", stop=20, T=T, alpha=a, val=val))
     for seed, (v, te) in enumerate(zip(BEST_VAL, BEST_TEST)):
-        out.append(_trial(teacher="t3", stop=20, seed=seed, val=v, test=te,
-                          kind=tr.KIND_SEARCH if seed == 0 else tr.KIND_CONFIRM))
+        out.append(_trial(teacher="t3", stop=20, seed=seed, val=v, test=te))
     for seed, v, te in zip(BASE_SEEDS, BASE_VAL, BASE_TEST):
         out.append(_trial(teacher=None, seed=seed, val=v, test=te, kind=tr.KIND_BASELINE, method="ce"))
     for status, teacher, stop, val, done in LOSERS:
@@ -110,8 +109,7 @@ def planted_trials() -> list[dict]:
     s2 = {"student": S2, "student_params": S2_PARAMS}
     out.append(_trial(teacher="t1", stop=30, val=S2_T1_VAL, **s2))
     for seed, (v, te) in enumerate(zip(S2_BEST_VAL, S2_BEST_TEST)):
-        out.append(_trial(teacher="t3", stop=30, alpha=.5, seed=seed, val=v, test=te, **s2,
-                          kind=tr.KIND_SEARCH if seed == 0 else tr.KIND_CONFIRM))
+        out.append(_trial(teacher="t3", stop=30, alpha=.5, seed=seed, val=v, test=te, **s2))
     for seed, (v, te) in enumerate(zip(S2_BASE_VAL, S2_BASE_TEST)):
         out.append(_trial(teacher=None, seed=seed, val=v, test=te, kind=tr.KIND_BASELINE, method="ce", **s2))
     s3 = {"student": S3, "student_params": 300}
@@ -436,6 +434,28 @@ def test_kd_gain_paired_when_same_seeds(df):
     assert st["ci_low"] == pytest.approx(diffs.mean() - half)
     assert st["p_value"] == pytest.approx(ref.pvalue)
     assert st["p_value_welch"] == pytest.approx(stats.ttest_ind(S2_BEST_VAL, S2_BASE_VAL, equal_var=False).pvalue)
+
+
+def test_confirmation_runs_stay_out_of_the_search_sections(df):
+    """A confirmation seed answers only the confirmed cells: planted confirm runs of the best config (and
+    CE confirm runs) that would win every choice and move every mean leave the search's answers as they were."""
+    from analysis import capacity_curve, kd_gain, sweet_spot
+
+    best = df[(df["student"] == S1) & (df["teacher"] == "t3") & np.isclose(df["val_acc"].astype(float), BEST_VAL[0])]
+    base = df[(df["student"] == S1) & (df["kind"] == tr.KIND_BASELINE)]
+    assert len(best) == 1 and len(base) == len(BASE_SEEDS)
+    fresh = pd.concat([best.assign(seed=str(100 + i), val_acc=.99, test_acc=.99, run_id=f"c{i}") for i in range(4)]
+                      + [base.assign(kind=tr.KIND_CONFIRM, val_acc=.10, test_acc=.10,
+                                     run_id=[f"b{i}" for i in range(len(base))])])
+    fresh["kind"] = tr.KIND_CONFIRM
+    both = pd.concat([df, fresh], ignore_index=True)
+    g0, g1 = kd_gain(df).by_student[S1]["val_acc"], kd_gain(both).by_student[S1]["val_acc"]
+    assert (g1["n_kd"], g1["n_base"], g1["diff"]) == (g0["n_kd"], g0["n_base"], pytest.approx(g0["diff"]))
+    assert g1["diff"] == pytest.approx(np.mean(BEST_VAL) - np.mean(BASE_VAL))
+    s0, s1 = sweet_spot(df), sweet_spot(both)
+    pd.testing.assert_frame_equal(s0, s1)
+    assert s1.loc[s1["student"] == S1, "val_acc"].item() == pytest.approx(BEST_VAL[0])
+    pd.testing.assert_frame_equal(capacity_curve(df).table, capacity_curve(both).table)
 
 
 def test_kd_gain_single_seed_says_not_enough_seeds(df):
