@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HParam, LossInputs, Method, register
-from .losses import cross_entropy
 from .feature_ops import match_spatial, pick
+from .losses import cross_entropy
 
 BLOCKS = (1, 2, 3)
 

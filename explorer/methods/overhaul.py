@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import HParam, LossInputs, Method, register
-from .losses import cross_entropy
 from .feature_ops import check_same_spatial, connector, match_spatial, pick
 from .fitnet import TwoStage
+from .losses import cross_entropy
 
 BLOCKS = (1, 2, 3)
 WEIGHTS = (0.25, 0.5, 1.0)

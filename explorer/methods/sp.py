@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HParam, LossInputs, Method, register
-from .losses import cross_entropy
 from .feature_ops import pick
+from .losses import cross_entropy
 
 BLOCKS = (3,)
 
