@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from explorer.tracking import COMPLETED, DERIVED_PARAMS, KIND_BASELINE, KIND_CONFIRM, KIND_SEARCH, NO_TEACHER, PRUNED, SEED_PARAM
+from explorer.tracking import (COMPLETED, DERIVED_PARAMS, KIND_BASELINE, KIND_CONFIRM, KIND_SEARCH, NO_TEACHER, PRUNED,
+                               SEED_PARAM)
 
 from .runs import is_none, param_columns, typed
 

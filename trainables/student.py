@@ -1,15 +1,16 @@
-"""The Ray Tune function trainable: one student, one teacher checkpoint, one report per epoch.
+"""The Ray Tune function trainable: one student (or fused members), one teacher checkpoint, batched reports.
 
 - The data arrives once per trial through Ray's object store (`tune.with_parameters`), never per epoch.
 - The teacher comes from the teacher store, checksum-verified, loaded with `weights_only=True`.
-- Every epoch's metrics reach Tune, batched: a report goes at every ASHA rung, at the last epoch, with
-  every checkpoint, and between them at most every `search.report_seconds`; it carries the epochs since
-  the previous report (`EARLIER_EPOCHS`), which the MLflow logger writes one step each. A checkpoint of the
-  full trainer state goes with the report only where a restart needs one (`checkpoint_epochs`): at
-  every ASHA rung, at the last epoch, and between them at most every `search.checkpoint_seconds`. A retried (crashed) or resumed
-  (interrupted) trial continues from its last checkpoint; the trainer state holds the RNG states,
-  so the epochs it repeats give the same numbers as the first time (the MLflow logger skips the
-  epochs a run already logged).
+- Every epoch's metrics reach Tune, batched: a report goes at every ASHA rung, at the last epoch,
+  with every checkpoint, and between them at most every `search.report_seconds`; it carries the
+  epochs since the previous report (`EARLIER_EPOCHS`), which the MLflow logger writes one step each.
+  (Tune's function trainables report synchronously: training waits for the driver at each report.)
+- A checkpoint of the full trainer state goes with the report only where a restart needs one
+  (`checkpoint_epochs`): at every ASHA rung, at the last epoch, and between them at most every
+  `search.checkpoint_seconds`. A retried (crashed) or resumed (interrupted) trial continues from its
+  last checkpoint; the trainer state holds the RNG states, so the epochs it repeats give the same
+  numbers as the first time (the MLflow logger skips the epochs a run already logged).
 - A NaN/inf loss ends the trial at once with `diverged=1` in its last result.
 """
 
