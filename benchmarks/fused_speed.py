@@ -19,34 +19,26 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.data import DataSpec, load_splits  # noqa: E402
+from benchmarks.shapes import CIFAR10_TRAIN, splits_of  # noqa: E402
 from explorer.models import build_model  # noqa: E402
 from explorer.train import TrainConfig, Trainer  # noqa: E402
 
 SETTINGS = {
-    # name: dataset, image side (None: as loaded), student, method, teacher
-    "mnist1d cnn1d_w4 kd": ("mnist1d", None, "cnn1d_w4", "kd", "cnn1d_w64"),
-    "mnist1d cnn1dbn_w8 kd (the quickstart's student)": ("mnist1d", None, "cnn1dbn_w8", "kd", "cnn1dbn_w64"),
-    "fake 3x32x32 crop+flip resnet8 ce": ("fake", 32, "resnet8", "ce", None),
+    # name: dataset, image side (None: as loaded), training samples (None: as loaded), student, method, teacher
+    "mnist1d cnn1d_w4 kd": ("mnist1d", None, None, "cnn1d_w4", "kd", "cnn1d_w64"),
+    "mnist1d cnn1dbn_w8 kd (the quickstart's student)": ("mnist1d", None, None, "cnn1dbn_w8", "kd", "cnn1dbn_w64"),
+    "fake 3x32x32 crop+flip resnet8 ce": ("fake", 32, None, "resnet8", "ce", None),
+    # issue 11's GPU check (benchmarks/gpu_checks.sh); on CPU only when --only names it
+    "CIFAR-10-shaped 3x32x32 crop+flip resnet20 ce": ("fake", 32, CIFAR10_TRAIN, "resnet20", "ce", None),
 }
-
-
-def splits_of(dataset: str, side: int | None, device):
-    s = load_splits(DataSpec(dataset))
-    if side is not None and side != s.input_shape[-1]:
-        up = {k: F.interpolate(getattr(s, k), size=(side, side), mode="bilinear", align_corners=False)
-              for k in ("train_x", "val_x", "test_x")}
-        s = replace(s, input_shape=(s.input_shape[0], side, side), **up)
-    return s.to(device)
+GPU_SETTINGS = ("CIFAR-10-shaped 3x32x32 crop+flip resnet20 ce",)
 
 
 def teacher_of(arch: str | None, splits, device):
@@ -57,8 +49,8 @@ def teacher_of(arch: str | None, splits, device):
 
 
 def bench(name: str, members: int, reps: int, device) -> dict:
-    dataset, side, arch, method, teacher_arch = SETTINGS[name]
-    splits = splits_of(dataset, side, device)
+    dataset, side, samples, arch, method, teacher_arch = SETTINGS[name]
+    splits = splits_of(dataset, side, samples, device)
     teacher = teacher_of(teacher_arch, splits, device)
     seeds = list(range(members))
     cfg = TrainConfig(arch, epochs=reps + 1, method=method, schedule="constant", batch_size=128,
@@ -99,7 +91,7 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
     out = []
     for name in SETTINGS:
-        if a.only and not any(o in name for o in a.only):
+        if a.only and not any(o in name for o in a.only) or not a.only and name in GPU_SETTINGS and device.type == "cpu":
             continue
         r = bench(name, a.members, a.reps, device)
         out.append(r)

@@ -33,16 +33,14 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.data import DataSpec, load_splits  # noqa: E402
+from benchmarks.shapes import splits_of  # noqa: E402
 from explorer.models import build_model  # noqa: E402
 from explorer.store import TeacherStore  # noqa: E402
 from explorer.train import TrainConfig, Trainer  # noqa: E402
@@ -50,15 +48,6 @@ from explorer.views import mark_origin, stored_view_logits  # noqa: E402
 
 TEACHERS = ("resnet20", "resnet56", "resnet110")
 STUDENT = "resnet8"
-
-
-def splits_of(size: int, device):
-    s = load_splits(DataSpec("fake"))
-    if size != s.input_shape[-1]:
-        up = {k: F.interpolate(getattr(s, k), size=(size, size), mode="bilinear", align_corners=False)
-              for k in ("train_x", "val_x", "test_x")}
-        s = replace(s, input_shape=(3, size, size), **up)
-    return s.to(device)
 
 
 def bench_teacher(arch: str, splits, views: int, reps: int, device, store: TeacherStore) -> dict:
@@ -124,7 +113,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    splits = splits_of(args.size, device)
+    splits = splits_of("fake", args.size, device=device)
     rows = []
     with tempfile.TemporaryDirectory() as root:
         store = TeacherStore(root)

@@ -6,31 +6,40 @@ under `torch.no_grad()`, the same models, optimiser, batch size and loss. kdx ke
 the device, augments whole batches with tensor ops, runs the teacher in inference mode (once per
 run when the data is not augmented), and keeps loss sums on the device.
 
-    .venv/bin/python benchmarks/train_speed.py [--device cuda] [--epochs 3] [--json]
+    .venv/bin/python benchmarks/train_speed.py [--device cuda] [--epochs 3] [--only TEXT] [--json]
 
-Prints samples/s for both and the ratio kdx / reference, per setting.
+Prints samples/s for both and the ratio kdx / reference, per setting, and what one 200-epoch run of
+the student takes at kdx's rate (extrapolated from the timed epochs; the teacher's one-off pass comes
+on top). The CIFAR-10-shaped setting (issue 11's GPU check, `benchmarks/gpu_checks.sh`; 50,000
+samples, `benchmarks/shapes.py`) runs on CPU only when `--only` names it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from explorer.data import DataSpec, load_splits
-from explorer.methods import kd_kl
-from explorer.models import build_model
-from explorer.train import TrainConfig, Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.shapes import CIFAR10_TRAIN, splits_of  # noqa: E402
+from explorer.methods import kd_kl  # noqa: E402
+from explorer.models import build_model  # noqa: E402
+from explorer.train import TrainConfig, Trainer  # noqa: E402
 
 SETTINGS = {
-    # name: dataset, teacher, student, batch size
-    "mnist1d cnn1d_w64 -> cnn1d_w4": ("mnist1d", "cnn1d_w64", "cnn1d_w4", 128),
-    "fake 3x16x16 (crop+flip) resnet20 -> resnet8": ("fake", "resnet20", "resnet8", 128),
+    # name: dataset, image side (None: as loaded), training samples (None: as loaded), teacher, student, batch size
+    "mnist1d cnn1d_w64 -> cnn1d_w4": ("mnist1d", None, None, "cnn1d_w64", "cnn1d_w4", 128),
+    "fake 3x16x16 (crop+flip) resnet20 -> resnet8": ("fake", None, None, "resnet20", "resnet8", 128),
+    "CIFAR-10-shaped 3x32x32 (crop+flip) resnet56 -> resnet20": ("fake", 32, CIFAR10_TRAIN, "resnet56", "resnet20", 128),
 }
+GPU_SETTINGS = ("CIFAR-10-shaped 3x32x32 (crop+flip) resnet56 -> resnet20",)
 
 
 class AugmentedImages(Dataset):
@@ -77,8 +86,8 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def bench(name, dataset, t_arch, s_arch, batch, epochs, device) -> dict:
-    splits = load_splits(DataSpec(dataset))
+def bench(name, dataset, side, samples, t_arch, s_arch, batch, epochs, device) -> dict:
+    splits = splits_of(dataset, side, samples)
     torch.manual_seed(0)
     teacher = build_model(t_arch, splits.num_classes, splits.input_shape).to(device).eval()
     # kdx
@@ -99,21 +108,26 @@ def bench(name, dataset, t_arch, s_arch, batch, epochs, device) -> dict:
     kdx_rate, ref_rate = n_train * epochs / kdx_s, n_train * epochs / ref_s
     return {"setting": name, "device": str(device), "epochs": epochs, "train_samples": n_train,
             "kdx_samples_per_s": round(kdx_rate), "reference_samples_per_s": round(ref_rate),
-            "ratio": round(kdx_rate / ref_rate, 2)}
+            "ratio": round(kdx_rate / ref_rate, 2), "kdx_200_epochs_s": round(200 * n_train / kdx_rate, 1)}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--only", action="append", help="run only settings whose name contains this text")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     device = torch.device(args.device)
-    rows = [bench(name, *setting, args.epochs, device) for name, setting in SETTINGS.items()]
-    for r in rows:
+    for name, setting in SETTINGS.items():
+        if args.only and not any(o in name for o in args.only) or (
+                not args.only and name in GPU_SETTINGS and device.type == "cpu"):
+            continue
+        r = bench(name, *setting, args.epochs, device)
         print(json.dumps(r) if args.json else
               f"{r['setting']:<48} {r['device']:<5} kdx {r['kdx_samples_per_s']:>9,} samples/s   "
-              f"reference {r['reference_samples_per_s']:>9,} samples/s   ratio {r['ratio']:.2f}x")
+              f"reference {r['reference_samples_per_s']:>9,} samples/s   ratio {r['ratio']:.2f}x   "
+              f"200 epochs at kdx's rate {r['kdx_200_epochs_s']:,.0f} s", flush=True)
 
 
 if __name__ == "__main__":
