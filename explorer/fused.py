@@ -196,11 +196,20 @@ def fuse_problem(method: Method) -> str | None:
     return None
 
 
+def adversarial_problem(steps) -> str | None:
+    """Why members trained adversarially (`adversarial_steps`) cannot be fused, or None."""
+    return "adversarial training attacks one model at a time" if steps else None
+
+
+def evaluate_problem(evaluate) -> str | None:
+    """Why the spec's `evaluate:` section (its attacks) rules out fused members, or None."""
+    on = [k for k in ("transfer", "robust") if getattr(evaluate, k)]
+    return f"evaluate.{on[0]} attacks one model at a time" if on else None
+
+
 def member_problem(cfg) -> str | None:
     """Why runs of the TrainConfig `cfg` cannot train as fused members, or None."""
-    if cfg.adversarial_steps:
-        return "adversarial training attacks one model at a time"
-    return fuse_problem(get_method(cfg.method))
+    return adversarial_problem(cfg.adversarial_steps) or fuse_problem(get_method(cfg.method))
 
 
 def member_losses(loss_terms, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import KdxError
-from .fused import fuse_problem
+from .fused import adversarial_problem, evaluate_problem, fuse_problem
 
 if TYPE_CHECKING:
     from .methods import Method
@@ -21,11 +21,9 @@ def check_fused_search(spec: SearchSpec, methods: list[Method]) -> None:
     if len(spec.seeds) < 2:
         raise KdxError(f"search.fuse_seeds: got true with seeds {spec.seeds}; allowed: true with two or more "
                        "seeds (each trial trains them all), or false.")
-    problems = [p for p in map(fuse_problem, methods) if p]
-    problems += [f"evaluate.{k} attacks one model at a time" for k in ("transfer", "robust") if getattr(spec.evaluate, k)]
     steps = spec.value_axes().get("student.adversarial_steps")
-    problems += ["adversarial training attacks one model at a time"] if any(
-        (steps.values() if steps else [spec.student.adversarial_steps])) else []
+    problems = [p for p in [*map(fuse_problem, methods), evaluate_problem(spec.evaluate),
+                            adversarial_problem(any(steps.values() if steps else [spec.student.adversarial_steps]))] if p]
     if problems:
         raise KdxError(f"search.fuse_seeds: got true, but {problems[0]}; allowed: false for this spec "
                        "(each seed its own trial).")

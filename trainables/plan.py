@@ -55,12 +55,10 @@ class Plan:
         two students of its architecture do not fuse into one whose forward equals theirs."""
         import torch
 
-        from explorer.fused import fuse_models, member_problem
+        from explorer.fused import evaluate_problem, fuse_models, member_problem
 
         train = self.settings(point | {"seed": 0}, kind)["train"]
-        problem = member_problem(train)
-        if problem is None and (self.spec.evaluate.transfer or self.spec.evaluate.robust):
-            problem = "the evaluate: attacks run on one model"
+        problem = member_problem(train) or evaluate_problem(self.spec.evaluate)
         if problem is not None:
             return problem
         try:
