@@ -150,25 +150,35 @@ def test_methods_that_cannot_fuse_are_refused_in_one_sentence(seq, method, why):
         Trainer(cfg, seq, device="cpu", teacher=teacher, members=[0, 1])
 
 
-def test_fusing_checks_the_forward_of_every_member():
-    """A model whose forward mixes channels (here: reverses them) is refused rather than trained wrong."""
+class _ConvThenLinear(torch.nn.Module):
+    """A 1-D conv and a linear layer; each test's subclass says what its forward does between them."""
 
-    class Mixer(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv1d(1, 4, 3)
-            self.fc = torch.nn.Linear(4, 2)
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 4, 3)
+        self.fc = torch.nn.Linear(4, 2)
 
-        def forward(self, x):
-            h = self.conv(x.unsqueeze(1) if x.dim() == 2 else x).flip(1).mean(2)
-            return self.fc(h)
+    def conv_out(self, x):
+        return self.conv(x.unsqueeze(1) if x.dim() == 2 else x)
 
+
+def _two_seeds(cls) -> list[torch.nn.Module]:
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        models.append(Mixer())
+        models.append(cls())
+    return models
+
+
+def test_fusing_checks_the_forward_of_every_member():
+    """A model whose forward mixes channels (here: reverses them) is refused rather than trained wrong."""
+
+    class Mixer(_ConvThenLinear):
+        def forward(self, x):
+            return self.fc(self.conv_out(x).flip(1).mean(2))
+
     with pytest.raises(KdxError, match="^members: architecture 'Mixer' mixes channels"):
-        fuse_models(models, torch.randn(2, 8))
+        fuse_models(_two_seeds(Mixer), torch.randn(2, 8))
 
 
 def test_a_model_that_needs_3d_conv_outputs_fuses_with_plain_grouped_convs():
@@ -176,19 +186,11 @@ def test_a_model_that_needs_3d_conv_outputs_fuses_with_plain_grouped_convs():
     after a conv cannot take that, so it gets plain grouped Conv1d and still equals its members."""
     from explorer.fused import GroupedConv1d
 
-    class Pooled(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv1d(1, 4, 3)
-            self.fc = torch.nn.Linear(4, 2)
-
+    class Pooled(_ConvThenLinear):
         def forward(self, x):
-            return self.fc(torch.relu(self.conv(x.unsqueeze(1) if x.dim() == 2 else x)).mean(2))
+            return self.fc(torch.relu(self.conv_out(x)).mean(2))
 
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        models.append(Pooled())
+    models = _two_seeds(Pooled)
     fused = fuse_models(models, torch.randn(2, 8))
     assert [m.channels_last for m in fused.modules() if isinstance(m, GroupedConv1d)] == [False]
     x = torch.randn(2, 5, 8)
