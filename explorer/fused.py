@@ -20,8 +20,15 @@ generator) and reports its own metrics; its loss is computed on its own rows (th
 summed, so each member's gradient is exactly its solo gradient, and SGD (momentum and weight decay
 act per element) takes the solo step. `fuse_models` checks that the fused forward equals every member's
 own forward before it is used; an architecture whose forward mixes channels in another way (a channel
-concatenation or padding) is refused, not trained wrong. Members share the recipe and the method's
-hyperparameters (several configs in one fused model would need per-member learning rates).
+concatenation or padding) is refused, not trained wrong.
+
+Members may also differ in their learning rate and in the method's real-valued hyperparameters (T,
+alpha, ...): several configs of one student recipe train as one model (`member_settings`). Each member's
+hyperparameters reach its own loss as vmapped values, so its gradient is still its solo gradient; its
+learning rate scales its own SGD update (`scale_updates`): torch's SGD step is -lr times a direction that
+does not depend on lr (momentum and weight decay included), so member s's update times lr_s / lr is the
+step its solo run takes. Everything else (architecture, epochs, batch size, schedule, momentum, weight
+decay, data) sets the one fused model and its loop, so members must share it.
 """
 
 from __future__ import annotations
@@ -212,16 +219,83 @@ def member_problem(cfg) -> str | None:
     return adversarial_problem(cfg.adversarial_steps) or fuse_problem(get_method(cfg.method))
 
 
-def member_losses(loss_terms, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
+def member_losses(loss_terms, inputs: LossInputs, hp: dict, own: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The method's loss terms of every member on its own rows: `inputs` hold (S, B, ...) tensors; the
-    result maps each term to an (S,) tensor. The loss is vmapped, so it sees one member's batch."""
+    result maps each term to an (S,) tensor. The loss is vmapped, so it sees one member's batch, and
+    member s's hyperparameters are `hp` overlaid with `own[name][s]` (`member_settings`)."""
 
-    def one(logits, targets, teacher_logits):
-        return loss_terms(LossInputs(logits, targets, inputs.epoch, teacher_logits, epochs=inputs.epochs), hp)
+    def one(logits, targets, teacher_logits, mine):
+        return loss_terms(LossInputs(logits, targets, inputs.epoch, teacher_logits, epochs=inputs.epochs), hp | mine)
 
     teacher = inputs.teacher_logits
-    return torch.func.vmap(one, in_dims=(0, 0, None if teacher is None else 0))(
-        inputs.student_logits, inputs.targets, teacher)
+    return torch.func.vmap(one, in_dims=(0, 0, None if teacher is None else 0, 0))(
+        inputs.student_logits, inputs.targets, teacher, own or {})
+
+
+# What fused members may differ in besides the method's real-valued hyperparameters: everything else
+# in a TrainConfig shapes the one fused model and its loop.
+MEMBER_FIELDS = ("seed", "lr")
+
+
+def member_settings(cfgs: list, hps: list[dict]) -> tuple[dict[str, list[float]], list[float]]:
+    """What differs between the members `cfgs` (TrainConfigs, with their resolved hyperparameters `hps`):
+    ({hyperparameter: each member's value} for those that differ, each member's lr / the first's).
+    Members that differ in anything else are refused in one sentence."""
+    first = cfgs[0].as_dict()
+    for cfg in cfgs[1:]:
+        for k, v in cfg.as_dict().items():
+            if k not in MEMBER_FIELDS + ("method_params",) and v != first[k]:
+                raise KdxError(f"members: {k} differs between members ({first[k]!r} and {v!r}); allowed: members "
+                               f"that differ only in {', '.join(MEMBER_FIELDS)} and the method's real-valued "
+                               "hyperparameters")
+    own = {}
+    for h in get_method(cfgs[0].method).hparams:
+        values = [hp[h.name] for hp in hps]
+        if any(v != values[0] for v in values):
+            if h.integer or None in values:
+                raise KdxError(f"members: {h.name} differs between members ({', '.join(map(str, values))}); "
+                               f"allowed: one {h.name} for all members (it sets the loop, not only the loss)")
+            own[h.name] = values
+    return own, [cfg.lr / cfgs[0].lr for cfg in cfgs]
+
+
+def check_member_losses(method: Method, hp: dict, own: dict[str, list[float]], num_classes: int,
+                        teachers: int) -> None:
+    """Refuse (one sentence) per-member hyperparameters that the method's loss cannot take as vmapped
+    values (a Python branch or a fill on them): on random logits (and `teachers` teachers' logits), every
+    member's vmapped loss terms must equal the method's own terms with that member's values."""
+    if not own:
+        return
+    g = torch.Generator().manual_seed(0)
+    s = len(next(iter(own.values())))
+    logits = torch.randn(s, 8, num_classes, generator=g)
+    targets = torch.randint(0, num_classes, (s, 8), generator=g)
+    teacher = [torch.randn(s, 8, num_classes, generator=g) for _ in range(teachers)] or None
+    if teacher is not None and len(teacher) == 1:
+        teacher = teacher[0]
+    names = ", ".join(own)
+    refused = KdxError(f"members: the {method.name!r} loss cannot take its own {names} per member; allowed: one "
+                       f"{names} for all members of this method")
+    try:
+        got = member_losses(method.losses, LossInputs(logits, targets, 1, teacher, epochs=1), hp,
+                            {k: torch.tensor(v) for k, v in own.items()})
+    except RuntimeError:
+        raise refused from None
+    for i in range(s):
+        mine = hp | {k: v[i] for k, v in own.items()}
+        t = None if teacher is None else [x[i] for x in teacher] if isinstance(teacher, list) else teacher[i]
+        want = method.losses(LossInputs(logits[i], targets[i], 1, t, epochs=1), mine)
+        if any(not torch.allclose(got[k][i], w, rtol=1e-4, atol=1e-6) for k, w in want.items()):
+            raise refused
+
+
+@torch.no_grad()
+def scale_updates(params: list[Tensor], before: list[Tensor], scale: Tensor) -> None:
+    """Member s's part of each fused parameter moves `scale[s]` times the step just taken from `before`
+    (each tensor is member-major along dim 0): a member's own learning rate under SGD."""
+    for p, b in zip(params, before):
+        w = scale.repeat_interleave(p.shape[0] // len(scale)).view(-1, *[1] * (p.dim() - 1))
+        p.copy_(torch.lerp(b, p, w))
 
 
 class Broadcast(nn.Module):

@@ -27,7 +27,8 @@ from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
 from .evaluation import TeacherEnsemble, absent_classes, autocast, epoch_scores, evaluate, predict_logits
 from .features import FeatureTap, feature_paths
-from .fused import Broadcast, fuse_models, member_losses, member_problem
+from .fused import (Broadcast, check_member_losses, fuse_models, member_losses, member_problem, member_settings,
+                    scale_updates)
 from .methods import LossInputs, check_method_params, get_method
 from .views import teacher_views
 
@@ -59,11 +60,15 @@ class Trainer:
 
     `members=[s1, ..., sS]` trains S seeds of `cfg` as one fused model (explorer/fused.py) in this same
     loop: batches, views and teacher logits carry a leading member axis, the loss is computed per member,
-    and each epoch's metrics are the members' means plus `members`, one row per seed.
+    and each epoch's metrics are the members' means plus `members`, one row per member (its seed and lr
+    in it). A member may also be a TrainConfig of its own: members then differ in seed, lr and the
+    method's real-valued hyperparameters (T, alpha, ...), and share the rest of `cfg`
+    (`explorer.fused.member_settings`).
     """
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device | str | None = None,
-                 teacher: nn.Module | list[nn.Module] | None = None, members: list[int] | None = None):
+                 teacher: nn.Module | list[nn.Module] | None = None,
+                 members: list[int | TrainConfig] | None = None):
         self.hp = cfg.validate()
         self.cfg = cfg
         self.method = get_method(cfg.method)
@@ -83,13 +88,22 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self.splits = splits.to(self.device)
         self.adversary = make_adversary(cfg, self.splits)  # None: the student trains on the clean batch
-        # `members`: the seeds of fused members (explorer/fused.py), trained as one model; each gets the
-        # init, data order and draws of a solo run with its seed. None: one run with cfg.seed.
-        self.seeds = list(members) if members else [cfg.seed]
+        # `members`: fused members (explorer/fused.py), trained as one model; each gets the init, data
+        # order and draws of a solo run with its seed. None: one run with cfg.seed.
+        self.member_cfgs = [cfg.model_copy(update={"seed": m}) if isinstance(m, int) else m
+                            for m in members or [cfg.seed]]
+        self.seeds = [c.seed for c in self.member_cfgs]
         self.fused = len(self.seeds) > 1
         problem = self.fused and member_problem(cfg)
         if problem:
             raise KdxError(f"members: {problem}; allowed: one seed at a time for it.")
+        # what differs between members: hyperparameters their losses take per member, and lr / cfg.lr
+        own, lr_scale = member_settings(self.member_cfgs, [c.validate() for c in self.member_cfgs])
+        check_member_losses(self.method, self.hp, own, splits.num_classes,
+                            len(teachers) if self.method.needs_teacher else 0)
+        self.member_hp = {k: torch.tensor(v, device=self.device) for k, v in own.items()}
+        self.lr_scales = lr_scale
+        self.lr_scale = torch.tensor(lr_scale, device=self.device) if any(x != 1.0 for x in lr_scale) else None
         # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode
         # forward gives the logits that are evaluated.
         models, self.generators = [], []
@@ -261,11 +275,14 @@ class Trainer:
                                 generator=self.generator, epochs=self.cfg.epochs)
             # fused members: each term per member (S,), each on its own rows; their sum gives every
             # member its solo gradient
-            terms = member_losses(loss_terms, inputs, hp) if self.fused else loss_terms(inputs, hp)
+            terms = member_losses(loss_terms, inputs, hp, self.member_hp) if self.fused else loss_terms(inputs, hp)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
+            before = [p.detach().clone() for p in self.model.parameters()] if self.lr_scale is not None else None
             optimizer.step()
+            if before is not None:  # members' own learning rates (explorer/fused.py)
+                scale_updates(list(self.model.parameters()), before, self.lr_scale)
             n = yb.shape[-1]
             n_seen += n
             total = total + loss.detach() * n
@@ -287,7 +304,7 @@ class Trainer:
         if self.fused:  # the members' mean (a diverged member's val_acc counts as 0), and each member's row
             keys = [k for k in next(r for i, r in enumerate(rows) if i not in self.diverged) if k != "seed"]
             mean = {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
-            metrics = head | mean | timing | {"members": [head | r for r in rows]}
+            metrics = head | mean | timing | {"members": [head | r | {"lr": lr * x} for r, x in zip(rows, self.lr_scales)]}
         else:
             metrics = head | rows[0] | timing
         self.epoch = epoch

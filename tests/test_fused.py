@@ -14,8 +14,8 @@ import torch
 
 from explorer.data import DataSpec, load_splits
 from explorer.errors import KdxError
-from explorer.fused import fuse_models, fuse_problem, member_losses
-from explorer.methods import METHODS, LossInputs, get_method
+from explorer.fused import check_member_losses, fuse_models, fuse_problem, member_losses
+from explorer.methods import ALPHA, METHODS, LossInputs, Method, get_method
 from explorer.models import build_model
 from explorer.train import TrainConfig, Trainer
 
@@ -43,24 +43,27 @@ def _teacher(splits, arch):
     return build_model(arch, splits.num_classes, splits.input_shape).eval()
 
 
-def _assert_members_equal_solo(cfg, splits, teacher_arch=None):
+def _assert_members_equal_solo(cfg, splits, teacher_arch=None, members=SEEDS):
+    """`members`: seeds of `cfg`, or TrainConfigs of their own (each member's solo run is its config)."""
     teacher = _teacher(splits, teacher_arch) if teacher_arch else None
-    fused = Trainer(cfg, splits, device="cpu", teacher=teacher, members=SEEDS)
+    fused = Trainer(cfg, splits, device="cpu", teacher=teacher, members=members)
     history = fused.run()
-    for i, seed in enumerate(SEEDS):
-        solo = Trainer(cfg.model_copy(update={"seed": seed}), splits, device="cpu", teacher=teacher)
+    for i, member_cfg in enumerate(members):
+        if isinstance(member_cfg, int):
+            member_cfg = cfg.model_copy(update={"seed": member_cfg})
+        solo = Trainer(member_cfg, splits, device="cpu", teacher=teacher)
         solo_history = solo.run()
         member = fused.model.member_state_dict(i)
         for name, want in solo.model.state_dict().items():
-            assert torch.allclose(member[name].float(), want.float(), **TOL), (seed, name)
+            assert torch.allclose(member[name].float(), want.float(), **TOL), (i, name)
         for got, want in zip(history, solo_history):
             row = got["members"][i]
-            assert row["seed"] == seed
+            assert row["seed"] == member_cfg.seed and row["lr"] == pytest.approx(want["lr"], rel=1e-12)
             for key in ("val_acc", "test_acc", "train_loss", "train_kd"):
-                assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (seed, key)
+                assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (i, key)
     # the trial-level numbers are the members' means
     last = history[-1]
-    assert last["val_acc"] == pytest.approx(sum(r["val_acc"] for r in last["members"]) / len(SEEDS))
+    assert last["val_acc"] == pytest.approx(sum(r["val_acc"] for r in last["members"]) / len(members))
 
 
 @pytest.mark.parametrize("arch", ["cnn1dbn_w8", "cnn1d_w4", "mlp_32x2"])
@@ -68,6 +71,60 @@ def test_fused_kd_members_equal_solo_runs_on_sequences(seq, arch):
     cfg = TrainConfig(arch, epochs=2, method="kd", batch_size=64, lr=0.05,
                       method_params={"temperature": 4.0, "alpha": 0.9})
     _assert_members_equal_solo(cfg, seq, teacher_arch="cnn1dbn_w16")
+
+
+@pytest.mark.parametrize("method,own", [
+    ("kd", [{"temperature": 4.0, "alpha": 0.9}, {"temperature": 1.5, "alpha": 0.5}, {"temperature": 8.0, "alpha": 0.9}]),
+    ("ls", [{"epsilon": 0.1}, {"epsilon": 0.3}, {"epsilon": 0.1}]),
+])
+def test_members_with_their_own_lr_and_hyperparameters_equal_their_solo_runs(seq, method, own):
+    """Several configs of one student recipe as one fused model: each member's lr scales its own SGD
+    step, and its hyperparameters reach its own loss; a shared seed still gives each member its own run."""
+    cfg = TrainConfig("cnn1dbn_w8", epochs=2, method=method, batch_size=64, lr=0.05, momentum=0.9,
+                      weight_decay=5e-4, method_params=own[0])
+    members = [cfg.model_copy(update={"seed": seed, "lr": lr, "method_params": hp})
+               for seed, lr, hp in zip([3, 3, 11], [0.05, 0.2, 0.01], own)]
+    _assert_members_equal_solo(cfg, seq, "cnn1dbn_w16" if method == "kd" else None, members)
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("batch_size", 32, "batch_size differs between members"),
+    ("method_params", {"temperature": 4.0, "kd_stop_epoch": 1}, "kd_stop_epoch differs between members"),
+])
+def test_members_that_differ_in_what_shapes_the_loop_are_refused(seq, field, value, why):
+    cfg = TrainConfig("cnn1dbn_w8", epochs=2, method="kd", method_params={"temperature": 4.0})
+    teacher = _teacher(seq, "cnn1dbn_w16")
+    with pytest.raises(KdxError, match=f"^members: {why} .*; allowed: "):
+        Trainer(cfg, seq, device="cpu", teacher=teacher, members=[cfg, cfg.model_copy(update={field: value})])
+
+
+def test_a_loss_that_branches_on_a_member_hyperparameter_is_refused():
+    """A plugin loss with a Python branch on alpha cannot take one alpha per member under vmap; it is
+    refused in one sentence instead of training every member with the first member's alpha."""
+
+    class Branchy(Method):
+        def losses(self, inputs, hp):
+            ce = torch.nn.functional.cross_entropy(inputs.student_logits, inputs.targets)
+            return {"ce": ce * 2 if hp["alpha"] > 0.5 else ce}
+
+    branchy = Branchy("branchy", "a test plugin", "none", hparams=(ALPHA,))
+    with pytest.raises(KdxError, match="^members: the 'branchy' loss cannot take its own alpha per member; allowed"):
+        check_member_losses(branchy, {"alpha": 0.9}, {"alpha": [0.9, 0.1]}, 10, 0)
+    check_member_losses(branchy, {"alpha": 0.9}, {}, 10, 0)  # one alpha for all: nothing to check
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if fuse_problem(m) is None))
+def test_every_real_valued_hyperparameter_of_a_fusable_method_can_differ_per_member(name):
+    """Each fusable method takes its real-valued hyperparameters per member: the vmapped loss with two
+    members' values equals the method's loss with each member's own (`check_member_losses` compares)."""
+    method = get_method(name)
+    hp = method.resolve({})
+    pair = method.needs_teacher and method.teacher_problem("plain") is not None
+    teachers = (2 if pair else 1) if method.needs_teacher else 0
+    for h in method.hparams:
+        if not h.integer and hp[h.name] is not None:
+            other = min(hp[h.name] * 0.5 or 0.3, h.high if h.high is not None else float("inf"))
+            check_member_losses(method, hp, {h.name: [hp[h.name], other]}, 10, teachers)
 
 
 def test_fused_ce_members_equal_solo_runs_on_augmented_images(img):

@@ -61,5 +61,7 @@ def soft_kl(student_logits: Tensor, target: Tensor, temperature: float, reductio
 def smoothed_targets(targets: Tensor, num_classes: int, confidence: float) -> Tensor:
     """`confidence` on the labelled class, (1 - confidence)/(K - 1) on each other class (seed 002 eq. 3)."""
     other = (1.0 - confidence) / (num_classes - 1)
-    q = torch.full((len(targets), num_classes), other, device=targets.device)
-    return q.scatter(1, targets.view(-1, 1), confidence)  # out of place: per-member losses are vmapped
+    # a product, not a fill and a scatter: fused members may each have their own confidence (a vmapped
+    # tensor, explorer/fused.py)
+    hot = (targets.view(-1, 1) == torch.arange(num_classes, device=targets.device)).float()
+    return hot * confidence + (1.0 - hot) * other
