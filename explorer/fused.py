@@ -25,9 +25,9 @@ concatenation or padding) is refused, not trained wrong.
 Members may also differ in their learning rate and in the method's real-valued hyperparameters (T,
 alpha, ...): several configs of one student recipe train as one model (`member_settings`). Each member's
 hyperparameters reach its own loss as vmapped values, so its gradient is still its solo gradient; its
-learning rate scales its own SGD update (`scale_updates`): torch's SGD step is -lr times a direction that
-does not depend on lr (momentum and weight decay included), so member s's update times lr_s / lr is the
-step its solo run takes. Everything else (architecture, epochs, batch size, schedule, momentum, weight
+learning rate scales its own SGD step (`scale_grads`): torch's SGD step is -lr times a direction that is
+linear in the gradient plus weight decay (momentum and Nesterov included), so scaling that sum by lr_s / lr
+makes the step the one its solo run takes. Everything else (architecture, epochs, batch size, schedule, momentum, weight
 decay, data) sets the one fused model and its loop, so members must share it.
 """
 
@@ -237,26 +237,27 @@ def member_losses(loss_terms, inputs: LossInputs, hp: dict, own: dict[str, Tenso
 MEMBER_FIELDS = ("seed", "lr")
 
 
-def member_settings(cfgs: list, hps: list[dict]) -> tuple[dict[str, list[float]], list[float]]:
-    """What differs between the members `cfgs` (TrainConfigs, with their resolved hyperparameters `hps`):
-    ({hyperparameter: each member's value} for those that differ, each member's lr / the first's).
-    Members that differ in anything else are refused in one sentence."""
-    first = cfgs[0].as_dict()
-    for cfg in cfgs[1:]:
-        for k, v in cfg.as_dict().items():
+def member_settings(cfg, members: list) -> tuple[dict[str, list[float]], list[float]]:
+    """What the members (TrainConfigs) have of their own against the trial's `cfg`: ({hyperparameter: each
+    member's value} for the method's hyperparameters that are not all cfg's, each member's lr / cfg's).
+    Members that differ from `cfg` in anything else are refused in one sentence."""
+    first = cfg.as_dict()
+    for m in members:
+        for k, v in m.as_dict().items():
             if k not in MEMBER_FIELDS + ("method_params",) and v != first[k]:
                 raise KdxError(f"members: {k} differs between members ({first[k]!r} and {v!r}); allowed: members "
                                f"that differ only in {', '.join(MEMBER_FIELDS)} and the method's real-valued "
                                "hyperparameters")
+    hp, hps = cfg.validate(), [m.validate() for m in members]
     own = {}
-    for h in get_method(cfgs[0].method).hparams:
-        values = [hp[h.name] for hp in hps]
-        if any(v != values[0] for v in values):
-            if h.integer or None in values:
+    for h in get_method(cfg.method).hparams:
+        values = [mine[h.name] for mine in hps]
+        if any(v != hp[h.name] for v in values):
+            if h.integer or None in values + [hp[h.name]]:
                 raise KdxError(f"members: {h.name} differs between members ({', '.join(map(str, values))}); "
                                f"allowed: one {h.name} for all members (it sets the loop, not only the loss)")
             own[h.name] = values
-    return own, [cfg.lr / cfgs[0].lr for cfg in cfgs]
+    return own, [m.lr / cfg.lr for m in members]
 
 
 def check_member_losses(method: Method, hp: dict, own: dict[str, list[float]], num_classes: int,
@@ -289,13 +290,26 @@ def check_member_losses(method: Method, hp: dict, own: dict[str, list[float]], n
             raise refused
 
 
+def member_lr_weights(params: list[Tensor], scale: list[float], weight_decay: float) -> list[tuple[Tensor, Tensor]]:
+    """Per fused parameter (member-major along dim 0), the (w, v) of `scale_grads` for members whose lr is
+    `scale[s]` times the optimiser's: w = scale, v = (scale - 1) * weight_decay, each member's rows."""
+    out = []
+    for p in params:
+        c = torch.tensor(scale, device=p.device, dtype=p.dtype).repeat_interleave(p.shape[0] // len(scale))
+        c = c.view(-1, *[1] * (p.dim() - 1))
+        out.append((c, (c - 1.0) * weight_decay))
+    return out
+
+
 @torch.no_grad()
-def scale_updates(params: list[Tensor], before: list[Tensor], scale: Tensor) -> None:
-    """Member s's part of each fused parameter moves `scale[s]` times the step just taken from `before`
-    (each tensor is member-major along dim 0): a member's own learning rate under SGD."""
-    for p, b in zip(params, before):
-        w = scale.repeat_interleave(p.shape[0] // len(scale)).view(-1, *[1] * (p.dim() - 1))
-        p.copy_(torch.lerp(b, p, w))
+def scale_grads(params: list[Tensor], weights: list[tuple[Tensor, Tensor]]) -> None:
+    """Before torch's SGD step: member s's gradient g becomes c*g + (c - 1)*wd*p (c = its lr over the
+    optimiser's). SGD adds wd*p, so its direction is c times the member's own (g + wd*p), the momentum
+    buffer c times the member's own (it is linear and c is fixed), Nesterov's too, and the step lr times
+    that: the member's solo step at lr*c."""
+    for p, (w, v) in zip(params, weights):
+        if p.grad is not None:
+            p.grad.mul_(w).addcmul_(p, v)
 
 
 class Broadcast(nn.Module):

@@ -28,7 +28,7 @@ from .errors import KdxError, bad_value
 from .evaluation import TeacherEnsemble, absent_classes, autocast, epoch_scores, evaluate, predict_logits
 from .features import FeatureTap, feature_paths
 from .fused import (Broadcast, check_member_losses, fuse_models, member_losses, member_problem, member_settings,
-                    scale_updates)
+                    member_lr_weights, scale_grads)
 from .methods import LossInputs, check_method_params, get_method
 from .views import teacher_views
 
@@ -98,12 +98,11 @@ class Trainer:
         if problem:
             raise KdxError(f"members: {problem}; allowed: one seed at a time for it.")
         # what differs between members: hyperparameters their losses take per member, and lr / cfg.lr
-        own, lr_scale = member_settings(self.member_cfgs, [c.validate() for c in self.member_cfgs])
+        own, lr_scale = member_settings(cfg, self.member_cfgs)
         check_member_losses(self.method, self.hp, own, splits.num_classes,
                             len(teachers) if self.method.needs_teacher else 0)
         self.member_hp = {k: torch.tensor(v, device=self.device) for k, v in own.items()}
         self.lr_scales = lr_scale
-        self.lr_scale = torch.tensor(lr_scale, device=self.device) if any(x != 1.0 for x in lr_scale) else None
         # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode
         # forward gives the logits that are evaluated.
         models, self.generators = [], []
@@ -135,6 +134,8 @@ class Trainer:
             params, lr=cfg.lr, momentum=cfg.momentum,
             nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
         )
+        self.lr_weights = (member_lr_weights(self.optimizer.param_groups[0]["params"], self.lr_scales,
+                                             cfg.weight_decay) if any(x != 1.0 for x in self.lr_scales) else None)
         schedule = SCHEDULES[cfg.schedule]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: schedule(cfg, e))
         self.init_optimizer = self.init_scheduler = None
@@ -279,10 +280,9 @@ class Trainer:
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
-            before = [p.detach().clone() for p in self.model.parameters()] if self.lr_scale is not None else None
+            if self.lr_weights:  # members' own learning rates (explorer/fused.py)
+                scale_grads(self.optimizer.param_groups[0]["params"], self.lr_weights)
             optimizer.step()
-            if before is not None:  # members' own learning rates (explorer/fused.py)
-                scale_updates(list(self.model.parameters()), before, self.lr_scale)
             n = yb.shape[-1]
             n_seen += n
             total = total + loss.detach() * n

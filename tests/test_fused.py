@@ -80,8 +80,8 @@ def test_fused_kd_members_equal_solo_runs_on_sequences(seq, arch):
 def test_members_with_their_own_lr_and_hyperparameters_equal_their_solo_runs(seq, method, own):
     """Several configs of one student recipe as one fused model: each member's lr scales its own SGD
     step, and its hyperparameters reach its own loss; a shared seed still gives each member its own run."""
-    cfg = TrainConfig("cnn1dbn_w8", epochs=2, method=method, batch_size=64, lr=0.05, momentum=0.9,
-                      weight_decay=5e-4, method_params=own[0])
+    cfg = TrainConfig("cnn1dbn_w8", epochs=2, method=method, batch_size=64, lr=0.1, momentum=0.9,
+                      weight_decay=5e-4, nesterov=method == "ls", method_params=own[0])
     members = [cfg.model_copy(update={"seed": seed, "lr": lr, "method_params": hp})
                for seed, lr, hp in zip([3, 3, 11], [0.05, 0.2, 0.01], own)]
     _assert_members_equal_solo(cfg, seq, "cnn1dbn_w16" if method == "kd" else None, members)
@@ -140,14 +140,16 @@ def test_fused_kd_members_draw_their_own_fixed_views(img):
         _assert_members_equal_solo(cfg, img, teacher_arch="resnet8")
 
 
-def test_fused_resume_is_exact(seq, tmp_path):
+@pytest.mark.parametrize("own_lr", [False, True])
+def test_fused_resume_is_exact(seq, tmp_path, own_lr):
     cfg = TrainConfig("cnn1dbn_w8", epochs=3, batch_size=64)
-    whole = Trainer(cfg, seq, device="cpu", members=SEEDS)
+    members = [cfg.model_copy(update={"seed": s, "lr": 0.02 * (i + 1)}) for i, s in enumerate(SEEDS)] if own_lr else SEEDS
+    whole = Trainer(cfg, seq, device="cpu", members=members)
     whole.run()
-    first = Trainer(cfg, seq, device="cpu", members=SEEDS)
+    first = Trainer(cfg, seq, device="cpu", members=members)
     first.train_epoch()
     state = first.state_dict()
-    second = Trainer(cfg, seq, device="cpu", members=SEEDS)
+    second = Trainer(cfg, seq, device="cpu", members=members)
     second.load_state_dict(state)
     second.run()
     for k, v in whole.model.state_dict().items():
