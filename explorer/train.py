@@ -25,12 +25,12 @@ from .adversarial import make_adversary
 from .config import SCHEDULES, TrainConfig  # noqa: F401  (TrainConfig is part of this module's API)
 from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
-from .evaluation import TeacherEnsemble, absent_classes, autocast, epoch_scores, evaluate, predict_logits
+from .evaluation import absent_classes, autocast, epoch_scores, predict_logits
 from .features import FeatureTap, feature_paths
 from .fused import (Broadcast, check_member_losses, fuse_models, member_losses, member_problem, member_settings,
                     member_lr_weights, scale_grads)
+from .member_teachers import MemberTeachers, teacher_unit, test_preds
 from .methods import LossInputs, check_method_params, get_method
-from .views import teacher_views
 
 
 class Diverged(KdxError):
@@ -63,28 +63,29 @@ class Trainer:
     and each epoch's metrics are the members' means plus `members`, one row per member (its seed and lr
     in it). A member may also be a TrainConfig of its own: members then differ in seed, lr and the
     method's real-valued hyperparameters (T, alpha, ...), and share the rest of `cfg`
-    (`explorer.fused.member_settings`).
+    (`explorer.fused.member_settings`). `member_teachers` (instead of `teacher`) gives each member its
+    own teacher (a module, or an ensemble's list of the same size for every member;
+    explorer/member_teachers.py).
     """
 
     def __init__(self, cfg: TrainConfig, splits: Splits, device: torch.device | str | None = None,
                  teacher: nn.Module | list[nn.Module] | None = None,
-                 members: list[int | TrainConfig] | None = None):
+                 members: list[int | TrainConfig] | None = None, member_teachers: list | None = None):
         self.hp = cfg.validate()
         self.cfg = cfg
         self.method = get_method(cfg.method)
-        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else ([] if teacher is None else [teacher])
-        # methods that cannot read these architectures' features are refused before any compute
-        check_method_params(cfg.method, cfg.method_params, cfg.epochs,
-                            archs=[cfg.arch] + [t.arch for t in teachers if hasattr(t, "arch")])
-        if self.method.needs_teacher and not teachers:
-            raise bad_value("teacher", None, f"method {cfg.method!r} needs a teacher")
-        if self.method.needs_teacher and len(teachers) > 1 and "ensemble" not in self.method.teacher_kinds:
-            raise bad_value("teacher", f"an ensemble of {len(teachers)}",
-                            f"method {cfg.method!r} takes one teacher (mkd or kd take ensembles)")
-        if self.method.needs_teacher and len(teachers) > 1:
-            problem = self.method.teacher_problem("ensemble", members=len(teachers))
-            if problem:
-                raise KdxError(f"teacher: {problem}.")
+        # each member's teacher as a list (an ensemble's members); one teacher for all: one distinct list
+        if member_teachers is not None and (teacher is not None or len(member_teachers) != len(members or [])):
+            raise bad_value("member_teachers", f"{len(member_teachers)} teachers",
+                            f"allowed: one per member ({len(members or [])}), and no `teacher` beside them")
+        listed = [list(t) if isinstance(t, (list, tuple)) else [] if t is None else [t]
+                  for t in (member_teachers if member_teachers is not None else [teacher])]
+        distinct = list({tuple(map(id, t)): t for t in listed}.values())
+        if len({len(t) for t in distinct}) > 1:
+            raise bad_value("member_teachers", "ensembles of different sizes", "allowed: the same size for every member")
+        for teachers in distinct:
+            self._check_teachers(cfg, teachers)
+        teachers = distinct[0]
         self.device = torch.device(device) if device is not None else default_device()
         self.splits = splits.to(self.device)
         self.adversary = make_adversary(cfg, self.splits)  # None: the student trains on the clean batch
@@ -120,8 +121,14 @@ class Trainer:
         self.history: list[dict] = []
         self.teacher = None  # one module, or a TeacherEnsemble of several
         self.teacher_tap = None
+        self.member_teachers = None  # fused members' own teachers, where they differ
         if teachers and self.method.needs_teacher:
             self._set_teacher(teachers)
+            if len(distinct) > 1:
+                views = None if self.method.needs_features else cfg.views
+                units = [self.unit] + [teacher_unit(t, self.splits, views, self.device) for t in distinct[1:]]
+                where = {tuple(map(id, t)): k for k, t in enumerate(distinct)}
+                self.member_teachers = MemberTeachers(units, [where[tuple(map(id, t))] for t in listed], self.device)
         # Feature-based methods read the student's (and teacher's) layers of their role through
         # forward hooks, and may own modules sized from those layers (not part of the student).
         self.student_tap = None
@@ -166,32 +173,42 @@ class Trainer:
         return modules.to(self.device) if modules is not None else None
 
     # ------------------------------------------------------------------ teacher
+    def _check_teachers(self, cfg: TrainConfig, teachers: list[nn.Module]) -> None:
+        """Refuse (one sentence, before any compute) a teacher the method cannot take: none where it
+        needs one, an ensemble where it takes one, or an architecture whose features it cannot read."""
+        check_method_params(cfg.method, cfg.method_params, cfg.epochs,
+                            archs=[cfg.arch] + [t.arch for t in teachers if hasattr(t, "arch")])
+        if self.method.needs_teacher and not teachers:
+            raise bad_value("teacher", None, f"method {cfg.method!r} needs a teacher")
+        if self.method.needs_teacher and len(teachers) > 1 and "ensemble" not in self.method.teacher_kinds:
+            raise bad_value("teacher", f"an ensemble of {len(teachers)}",
+                            f"method {cfg.method!r} takes one teacher (mkd or kd take ensembles)")
+        if self.method.needs_teacher and len(teachers) > 1:
+            problem = self.method.teacher_problem("ensemble", members=len(teachers))
+            if problem:
+                raise KdxError(f"teacher: {problem}.")
+
     def _set_teacher(self, teachers: list[nn.Module]) -> None:
-        for t in teachers:
-            t.to(self.device).eval()
-            for p in t.parameters():
-                p.requires_grad_(False)
-        self.teachers = teachers
-        self.teacher = teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers)
-        if self.method.needs_features:
-            self.teacher_tap = FeatureTap(self.teacher, feature_paths(self.teacher, self.method.feature_role))
-        s = self.splits
-        self.teacher_val_acc, _, self.teacher_val_preds = evaluate(self.teacher, s.val_x, s.val_y)
         # Where the method needs only logits, the teacher runs once per training sample and view, not per
         # batch: on the V fixed views per sample of augmented data (cfg.views; 0 = live crops, the
         # teacher runs on every batch) or on the plain images; from the teacher store when the teacher
         # came from one (explorer/views.py). None = the live path.
-        self.teacher_train_logits = None
-        if not self.method.needs_features:
-            self.teacher_train_logits = teacher_views(teachers, s, self.cfg.views)
+        self.unit = teacher_unit(teachers, self.splits, None if self.method.needs_features else self.cfg.views,
+                                 self.device)
+        self.teachers, self.teacher = self.unit.modules, self.unit.teacher
+        if self.method.needs_features:
+            self.teacher_tap = FeatureTap(self.teacher, feature_paths(self.teacher, self.method.feature_role))
+        self.teacher_val_acc, self.teacher_train_logits = self.unit.val_acc, self.unit.views
 
     @torch.inference_mode()
     def _teacher_outputs(self, xb: Tensor, idx: Tensor):
         """(logits, features) of the teacher for a batch; for an ensemble, a list of logits."""
         several = len(self.teachers) > 1
-        if self.teacher_train_logits is not None:  # the views `_augment` drew (or the plain images)
-            return self.teacher_train_logits.logits(idx), None
+        if self.teacher_train_logits is not None and self.member_teachers is None:  # the views `_augment` drew
+            return self.teacher_train_logits.logits(idx), None                      # (or the plain images)
         with autocast(self.device):
+            if self.member_teachers is not None:  # each member's own teacher on its own rows
+                return self.member_teachers.logits(xb, idx), None
             if self.teacher_tap is not None:
                 logits = self.teacher(xb).float()
                 return logits, [f.float() for f in self.teacher_tap.features]
@@ -350,15 +367,16 @@ class Trainer:
         model = Broadcast(self.model) if self.fused else self.model
         val, test = (predict_logits(model, x).view(len(x), len(self.seeds), -1).transpose(0, 1)
                      for x in (s.val_x, s.test_x))
-        teacher = None
-        if self.teacher is not None:
-            teacher = {"val": self.teacher_val_preds}
-            if len(absent_classes(s)):
-                if getattr(self, "_teacher_test_preds", None) is None:  # the frozen teacher: once per trainer
-                    self._teacher_test_preds = evaluate(self.teacher, s.test_x, s.test_y)[2]
-                teacher["test"] = self._teacher_test_preds
-        rows = [epoch_scores(s, v, t, teacher) for v, t in zip(val, test)]
-        return [r | {"teacher_val_acc": self.teacher_val_acc} if teacher else r for r in rows]
+        if self.teacher is None:
+            return [epoch_scores(s, v, t, None) for v, t in zip(val, test)]
+        units = self.member_teachers.units if self.member_teachers is not None else [self.unit]
+        unit_of = self.member_teachers.unit_of if self.member_teachers is not None else [0] * len(self.seeds)
+        rows = []
+        for v, t, u in zip(val, test, unit_of):
+            unit = units[u]
+            teacher = {"val": unit.val_preds} | ({"test": test_preds(unit, s)} if len(absent_classes(s)) else {})
+            rows.append(epoch_scores(s, v, t, teacher) | {"teacher_val_acc": unit.val_acc})
+        return rows
 
     def run(self, callback: EpochCallback | None = None) -> list[dict]:
         """Train from the current epoch to `total_epochs`; return the per-epoch history."""

@@ -163,15 +163,22 @@ class TeacherViews:
         dy, dx, flip = combo_params(self.combos[flat, v.flatten()].to(torch.int64))
         return crop_flip(self.x[flat], dy, dx, flip, CROP_PADDING).view(*idx.shape, *self.x.shape[1:])
 
+    def drawn(self, idx: Tensor) -> Tensor | None:
+        """The views `draw` drew for the batch `idx` (None on unaugmented data: the image itself)."""
+        if not self.augmented:
+            return None
+        drawn_idx, v = self._drawn
+        if drawn_idx is not idx:
+            raise KdxError("views: the teacher's logits were asked for a batch whose views were not drawn")
+        return v
+
     def logits(self, idx: Tensor) -> Tensor | list[Tensor]:
-        if self.augmented:
-            drawn_idx, v = self._drawn
-            if drawn_idx is not idx:
-                raise KdxError("views: the teacher's logits were asked for a batch whose views were not drawn")
-            out = [t[idx, v].float() for t in self.tables]
-        else:
-            out = [t[idx, 0].float() for t in self.tables]
+        out = self.logits_at(idx, self.drawn(idx))
         return out[0] if len(out) == 1 else out
+
+    def logits_at(self, idx: Tensor, v: Tensor | None) -> list[Tensor]:
+        """Each teacher's float32 logits of samples `idx` at views `v` (None: unaugmented data)."""
+        return [t[idx, 0 if v is None else v].float() for t in self.tables]
 
 
 def teacher_views(teachers: list[nn.Module], splits, views: int) -> TeacherViews | None:

@@ -43,15 +43,16 @@ def _teacher(splits, arch):
     return build_model(arch, splits.num_classes, splits.input_shape).eval()
 
 
-def _assert_members_equal_solo(cfg, splits, teacher_arch=None, members=SEEDS):
-    """`members`: seeds of `cfg`, or TrainConfigs of their own (each member's solo run is its config)."""
+def _assert_members_equal_solo(cfg, splits, teacher_arch=None, members=SEEDS, member_teachers=None):
+    """`members`: seeds of `cfg`, or TrainConfigs of their own (each member's solo run is its config);
+    `member_teachers`: each member's own teacher (its solo run's), instead of one `teacher_arch`."""
     teacher = _teacher(splits, teacher_arch) if teacher_arch else None
-    fused = Trainer(cfg, splits, device="cpu", teacher=teacher, members=members)
+    fused = Trainer(cfg, splits, device="cpu", teacher=teacher, members=members, member_teachers=member_teachers)
     history = fused.run()
     for i, member_cfg in enumerate(members):
         if isinstance(member_cfg, int):
             member_cfg = cfg.model_copy(update={"seed": member_cfg})
-        solo = Trainer(member_cfg, splits, device="cpu", teacher=teacher)
+        solo = Trainer(member_cfg, splits, device="cpu", teacher=teacher if member_teachers is None else member_teachers[i])
         solo_history = solo.run()
         member = fused.model.member_state_dict(i)
         for name, want in solo.model.state_dict().items():
@@ -59,8 +60,10 @@ def _assert_members_equal_solo(cfg, splits, teacher_arch=None, members=SEEDS):
         for got, want in zip(history, solo_history):
             row = got["members"][i]
             assert row["seed"] == member_cfg.seed and row["lr"] == pytest.approx(want["lr"], rel=1e-12)
-            for key in ("val_acc", "test_acc", "train_loss", "train_kd"):
-                assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (i, key)
+            assert ("kd_agreement" in row) == ("kd_agreement" in want)
+            for key in ("val_acc", "test_acc", "train_loss", "train_kd", "kd_agreement", "teacher_val_acc"):
+                if key in want:
+                    assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (i, key)
     # the trial-level numbers are the members' means
     last = history[-1]
     assert last["val_acc"] == pytest.approx(sum(r["val_acc"] for r in last["members"]) / len(members))
@@ -85,6 +88,31 @@ def test_members_with_their_own_lr_and_hyperparameters_equal_their_solo_runs(seq
     members = [cfg.model_copy(update={"seed": seed, "lr": lr, "method_params": hp})
                for seed, lr, hp in zip([3, 3, 11], [0.05, 0.2, 0.01], own)]
     _assert_members_equal_solo(cfg, seq, "cnn1dbn_w16" if method == "kd" else None, members)
+
+
+@pytest.mark.parametrize("data,arch,views", [("seq", "cnn1dbn_w8", 16), ("img", "resnet8", 4), ("img", "resnet8", 0)])
+def test_members_with_their_own_teachers_equal_their_solo_runs(request, data, arch, views):
+    """Configs whose teachers differ (a confirmation's cells) as one fused model: each member gets its own
+    teacher's logits on its own rows, from the teachers' view tables (views 16 on unaugmented sequences:
+    the plain images; 4 on crop+flip images) or from live teacher forwards (views 0)."""
+    splits = request.getfixturevalue(data)
+    teachers = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        teachers.append(build_model(arch, splits.num_classes, splits.input_shape).eval())
+    cfg = TrainConfig(arch, epochs=1 if data == "img" else 2, method="kd", batch_size=128 if data == "img" else 64,
+                      lr=0.05, views=views, method_params={"temperature": 4.0, "alpha": 0.9})
+    members = [cfg.model_copy(update={"seed": seed, "lr": lr, "method_params": {"temperature": t, "alpha": 0.9}})
+               for seed, lr, t in [(3, 0.05, 4.0), (3, 0.1, 2.0), (7, 0.05, 4.0)]]
+    with torch.backends.mkldnn.flags(enabled=False):
+        _assert_members_equal_solo(cfg, splits, members=members, member_teachers=[teachers[1], teachers[0], teachers[1]])
+
+
+def test_member_teachers_are_one_per_member():
+    seq_cfg = TrainConfig("cnn1d_w4", epochs=1, method="kd")
+    with pytest.raises(KdxError, match=r"^member_teachers: got '1 teachers'; allowed: one per member \(2\)"):
+        Trainer(seq_cfg, _cut(load_splits(DataSpec("mnist1d")), 64), device="cpu", members=[0, 1],
+                member_teachers=[build_model("cnn1d_w4", 10, (40,))])
 
 
 @pytest.mark.parametrize("field,value,why", [
