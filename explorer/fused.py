@@ -301,6 +301,14 @@ def member_lr_weights(params: list[Tensor], scale: list[float], weight_decay: fl
     return out
 
 
+def member_setup(cfg, members: list, num_classes: int, teachers: int) -> tuple[dict[str, list[float]], list[float]]:
+    """`member_settings`, with the method's loss checked to take each member's own values
+    (`check_member_losses`; `teachers`: how many teachers' logits the loss gets, 0 without one)."""
+    own, lr_scale = member_settings(cfg, members)
+    check_member_losses(get_method(cfg.method), cfg.validate(), own, num_classes, teachers)
+    return own, lr_scale
+
+
 @torch.no_grad()
 def scale_grads(params: list[Tensor], weights: list[tuple[Tensor, Tensor]]) -> None:
     """Before torch's SGD step: member s's gradient g becomes c*g + (c - 1)*wd*p (c = its lr over the

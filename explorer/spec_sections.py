@@ -75,6 +75,12 @@ class ConfirmSection(Strict):
         "each seed still gets its own MLflow run with its own metrics. auto: on GPU trials, and on CPU for "
         "students without 2-D convolutions (benchmarks/fused_speed.py, 8 seeds on one CPU thread: fused 1-D CNNs "
         "train about 4x faster, fused resnets about 0.8x as fast, their convolutions being compute-bound there)"))
+    members_per_trial: int = Field(24, ge=1, description=(
+        "where seeds train fused: the most members one confirmation trial trains. A config's seeds always "
+        "train together; configs of one student recipe and method, differing only in teacher, lr and the "
+        "method's real-valued hyperparameters (T, alpha, ...), share a trial up to this many members, each "
+        "member with its own teacher and values (explorer/fused.py). 24: a fused 1-D CNN's time per member "
+        "stops falling there on one CPU thread (README, Speed)"))
 
     def check(self, search_seeds: list[int], searched: dict) -> None:
         """Fresh, distinct seeds, and cells keyed on the teacher lists or searched choice/grid axes."""

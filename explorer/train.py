@@ -27,8 +27,8 @@ from .data import Splits, augment_batch
 from .errors import KdxError, bad_value
 from .evaluation import absent_classes, autocast, epoch_scores, predict_logits
 from .features import FeatureTap, feature_paths
-from .fused import (Broadcast, check_member_losses, fuse_models, member_losses, member_problem, member_settings,
-                    member_lr_weights, scale_grads)
+from .fused import (Broadcast, fuse_models, member_losses, member_lr_weights, member_problem, member_setup,
+                    scale_grads)
 from .member_teachers import MemberTeachers, teacher_unit, test_preds
 from .methods import LossInputs, check_method_params, get_method
 
@@ -99,9 +99,8 @@ class Trainer:
         if problem:
             raise KdxError(f"members: {problem}; allowed: one seed at a time for it.")
         # what differs between members: hyperparameters their losses take per member, and lr / cfg.lr
-        own, lr_scale = member_settings(cfg, self.member_cfgs)
-        check_member_losses(self.method, self.hp, own, splits.num_classes,
-                            len(teachers) if self.method.needs_teacher else 0)
+        own, lr_scale = member_setup(cfg, self.member_cfgs, splits.num_classes,
+                                     len(teachers) if self.method.needs_teacher else 0)
         self.member_hp = {k: torch.tensor(v, device=self.device) for k, v in own.items()}
         self.lr_scales = lr_scale
         # The method builds the module it trains (a plain model, DML's cohort, ...); its eval-mode

@@ -92,6 +92,33 @@ def test_confirm_fuses_the_seeds_of_configs_where_it_pays(plan, tmp_path):
     assert [("members" in q, q.get("method")) for q in points] == [(False, None), (False, None), (True, "ce")]
 
 
+def test_confirm_fuses_configs_of_one_student_recipe_up_to_members_per_trial(tmp_path):
+    """Configs that differ only in what a fused member may have of its own (lr, T, teacher temperature)
+    share a trial, each member its own point; up to confirm.members_per_trial members (a config's seeds
+    never split); another student architecture, or the CE baseline's method, is another trial."""
+    a = {"teacher_temperature": 3.1, "student": "cnn1d_w8", "student.lr": 0.03}
+    b = {"teacher_temperature": 0.7, "student": "cnn1d_w8", "student.lr": 0.1}
+    c = {"teacher_temperature": 1.5, "student": "cnn1d_w4", "student.lr": 0.03}
+    d = {"teacher_temperature": 2.0, "student": "cnn1d_w8", "student.lr": 0.05}
+    p = make_plan(parse_spec(SPEC | {"confirm": {"seeds": [5, 6]}}), str(tmp_path))
+    out = confirm_points(p.spec, [a, b, c, d], [5, 6], p)
+    assert out[0] == a | {"seed": 5, "members": [a | {"seed": 5}, a | {"seed": 6}, b | {"seed": 5}, b | {"seed": 6},
+                                                  d | {"seed": 5}, d | {"seed": 6}]}
+    assert out[1] == c | {"seed": 5, "members": [5, 6]}
+    assert [q.get("method") for q in out[2:]] == ["ce", "ce"]  # the baselines at lr 0.03, 0.1, 0.05 share one
+    assert [m["student.lr"] for m in out[2]["members"]] == [0.03, 0.03, 0.1, 0.1, 0.05, 0.05] and len(out) == 4
+    capped = make_plan(parse_spec(SPEC | {"confirm": {"seeds": [5, 6], "members_per_trial": 5}}), str(tmp_path))
+    groups = [[(m["teacher_temperature"], m["seed"]) for m in q["members"]] if isinstance(q["members"][0], dict)
+              else [(q["teacher_temperature"], s) for s in q["members"]]
+              for q in confirm_points(capped.spec, [a, b, c, d], [5, 6], capped)[:3]]
+    assert groups == [[(3.1, 5), (3.1, 6), (0.7, 5), (0.7, 6)], [(1.5, 5), (1.5, 6)], [(2.0, 5), (2.0, 6)]]
+    # each member trains its own config: plan.settings of its point
+    from trainables.plan import member_points
+    settings = [p.settings(m) for m in member_points(out[0])]
+    assert [(s["teacher_temperature"], s["train"].lr, s["seed"]) for s in settings] == [
+        (3.1, 0.03, 5), (3.1, 0.03, 6), (0.7, 0.1, 5), (0.7, 0.1, 6), (2.0, 0.05, 5), (2.0, 0.05, 6)]
+
+
 def test_confirm_does_not_fuse_trials_that_run_evaluate_attacks(plan, tmp_path):
     """The attacks of `evaluate:` run on one model: such configs' seeds stay separate trials (and the
     settings that only tune an attack, robust_restarts, do not turn fusing off by themselves)."""

@@ -310,12 +310,24 @@ def test_confirm_then_analyze_on_the_real_search(searched):
                      and r.data.tags[STATUS_TAG] in ("completed", "pruned")]
     cells = {(r.data.params["teacher"], r.data.params["teacher_stop_epoch"]) for r in searched_runs}
     confirm = [r for r in trials if r.data.tags["kdx.kind"] == "confirm"]
-    # each config's two seeds train fused (confirm.fuse): one Ray trial per config, one MLflow run per seed
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": len(cells) + 1}
-    assert f"{len(cells) + 1} of them train their 2 seeds fused" in proc.stdout
+    # every config's two seeds train fused (confirm.fuse), and the cells' configs, which differ only in
+    # teacher, T and alpha, share one fused model (confirm.members_per_trial 24 >= 2 x cells); the CE baseline
+    # is another: two Ray trials, one MLflow run per member, each member's own config in its params
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": 2}
+    assert f"2 of them fused, {2 * len(cells) + 2} runs as members of one model each" in proc.stdout
     assert len(confirm) == 2 * len(cells) + 2 and all(r.data.tags[STATUS_TAG] == "completed" for r in confirm)
-    assert all(r.data.tags[MEMBER_TAG] == r.data.params["seed"] for r in confirm)
-    assert len({r.data.tags["trial_id"] for r in confirm}) == len(cells) + 1
+    assert len({r.data.tags["trial_id"] for r in confirm}) == 2
+    for r in confirm:  # the member tag: the seed, or a member of several configs' trial, its own point
+        tag = r.data.tags[MEMBER_TAG]
+        own = {"seed": int(tag)} if r.data.params["teacher"] == "none" else json.loads(tag)
+        assert {k: str(v) for k, v in own.items()} == {k: r.data.params[k] for k in own}
+    # each member distilled from its own teacher: its teacher's val accuracy is the one its cell's search
+    # trials logged
+    for r in confirm:
+        if r.data.params["teacher"] != "none":
+            same = [q for q in searched_runs if q.data.tags[TEACHER_KEY_TAG] == r.data.tags[TEACHER_KEY_TAG]
+                    and q.data.params["teacher_stop_epoch"] == r.data.params["teacher_stop_epoch"]]
+            assert r.data.metrics["teacher_val_acc"] == pytest.approx(same[0].data.metrics["teacher_val_acc"])
     # a fused member is its seed's solo run: the CE baseline's seed-101 member, trained alone here, ends at
     # the same test accuracy (within one test sample: fused and solo sums may round differently)
     spec = parse_spec(TINY)

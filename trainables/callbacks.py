@@ -34,7 +34,7 @@ from explorer.tracking import trial_status as _status_of
 
 from .connect import OPEN_RUNS, owner_tags
 
-from .plan import Plan, trial_label
+from .plan import Plan, member_points, member_tag, trial_label
 
 
 def trial_status(trial, epochs: int) -> str:
@@ -53,19 +53,20 @@ def logged_metrics(result: dict) -> dict[str, float]:
             and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def trial_members(config: dict) -> list[int | None]:
-    """The member seeds of a trial that trains fused members, else [None] (one run, the trial's)."""
-    return list(config.get("point", config).get("members") or [None])
+def trial_members(config: dict) -> list[str | None]:
+    """The member tags (`member_tag`) of a trial that trains fused members, in member order, else [None]
+    (one run, the trial's)."""
+    return [member_tag(m) for m in config.get("point", config).get("members") or []] or [None]
 
 
-def member_result(result: dict, member: int | None) -> dict:
-    """One member's view of a trial's result: the trial-wide values (epoch, lr, timings) overlaid with
-    the member's own row. A report without member rows (a trial whose every member diverged) is every
-    member's."""
-    rows = [r for r in result.get("members", ()) if r.get("seed") == member]
-    if member is None or not rows:
+def member_result(result: dict, index: int | None) -> dict:
+    """Member `index`'s view of a trial's result: the trial-wide values (epoch, lr, timings) overlaid with
+    the member's own row (rows come in member order). A report without member rows (a trial whose every
+    member diverged) is every member's."""
+    rows = result.get("members") or ()
+    if index is None or index >= len(rows):
         return result
-    return {k: v for k, v in result.items() if k != "members"} | rows[0]
+    return {k: v for k, v in result.items() if k != "members"} | rows[index]
 
 
 # How long a trial's epoch metrics may wait on the driver before they are written to MLflow.
@@ -107,12 +108,15 @@ class MlflowTrialLogger(Callback):
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
         return runs[0] if runs else None
 
-    def run_ids(self, trial) -> dict[int | None, str]:
-        """The trial's runs by member seed (one, keyed None, for a trial without fused members)."""
-        return {m: self.run_id(trial, m) for m in trial_members(trial.config)}
+    def run_ids(self, trial) -> dict[str | None, str]:
+        """The trial's runs by member tag, in member order (one, keyed None, for a trial without fused
+        members)."""
+        points = member_points(trial.config) or [None]
+        return {m: self.run_id(trial, m, p) for m, p in zip(trial_members(trial.config), points)}
 
-    def run_id(self, trial, member: int | None = None) -> str:
-        """A trial's (member's) run: created on first sight, reopened (not duplicated) after a resume."""
+    def run_id(self, trial, member: str | None = None, point: dict | None = None) -> str:
+        """A trial's (member's, whose own point is `point`) run: created on first sight, reopened (not
+        duplicated) after a resume."""
         tid = trial.trial_id
         if (tid, member) in self._runs:
             return self._runs[tid, member]
@@ -125,8 +129,7 @@ class MlflowTrialLogger(Callback):
             steps = [m.step for m in self.client.get_metric_history(run_id, "val_acc")]
             self._last_step[tid, member] = max(steps, default=0)
         else:
-            config = trial.config if member is None else dict(trial.config.get("point", trial.config)) | {"seed": member}
-            settings = self.plan.settings(config, self.kind)
+            settings = self.plan.settings(trial.config if point is None else point, self.kind)
             tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: ROLE_TRIAL, TRIAL_ID_TAG: tid,
                     TEACHER_KEY_TAG: settings["teacher_key"], STATUS_TAG: RUNNING, KIND_TAG: self.kind,
                     **({MEMBER_TAG: str(member)} if member is not None else {}), **owner_tags()}
@@ -149,8 +152,8 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid, now = trial.trial_id, int(time.time() * 1000)
         for epoch_result in [*result.get(EARLIER_EPOCHS, ()), result]:  # a report batches epochs
-            for member in self.run_ids(trial):
-                row = member_result(epoch_result, member)
+            for index, member in enumerate(self.run_ids(trial)):
+                row = member_result(epoch_result, None if member is None else index)
                 step = int(row.get("epoch", 0))
                 if step <= self._last_step.get((tid, member), 0):
                     continue  # already logged before a resume
@@ -171,18 +174,18 @@ class MlflowTrialLogger(Callback):
                 self.client.log_batch(self._runs[key], metrics=metrics)  # MLflow splits big batches itself
 
     def _end(self, trial, status_of) -> None:
-        """End each of the trial's runs with `status_of(member)`: (status tag, MLflow run status)."""
+        """End each of the trial's runs with `status_of(member index or None)`: (status tag, MLflow run status)."""
         self._flush(trial.trial_id)
-        for member, run_id in self.run_ids(trial).items():
-            status, run_status = status_of(member)
+        for index, (member, run_id) in enumerate(self.run_ids(trial).items()):
+            status, run_status = status_of(None if member is None else index)
             self.client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status)])
             self.client.set_terminated(run_id, run_status)
             self._runs.pop((trial.trial_id, member), None)
             OPEN_RUNS.discard(run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        def status_of(member):
-            status = _status_of(member_result(trial.last_result or {}, member), self.plan.epochs)
+        def status_of(index):
+            status = _status_of(member_result(trial.last_result or {}, index), self.plan.epochs)
             return status, "FAILED" if status == DIVERGED else "FINISHED"
         self._end(trial, status_of)
 

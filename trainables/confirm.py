@@ -15,6 +15,8 @@ import json
 
 from torch import nn
 
+from explorer.errors import KdxError
+from explorer.fused import member_setup
 from explorer.models import build_model
 from explorer.spec import SearchSpec
 from explorer.tracking import KIND_CONFIRM, NO_TEACHER
@@ -30,7 +32,10 @@ def confirm_points(spec: SearchSpec, configs: list[dict], seeds: list[int], plan
 
     With `confirm.fuse` (true, or auto where it pays; and a `plan` to check against), the seeds of a config whose method and student
     can be fused are one trial: `{"seed": first, "members": seeds}`, trained as one fused model
-    (explorer/fused.py); each member still gets its own MLflow run, the same as a solo seed's."""
+    (explorer/fused.py); each member still gets its own MLflow run, the same as a solo seed's. Configs
+    that can share a fused model (`shares_trial`: one student recipe and method; their teachers, lr and
+    T, alpha, ... may differ) share a trial up to `confirm.members_per_trial` members; its `members`
+    are then each member's own point (config values and seed)."""
     searched = [k for k in spec.searched_axes() if k != "seed"]
     picked = [{k: cfg[k] for k in searched if k in cfg} for cfg in configs]
     students = []
@@ -39,13 +44,40 @@ def confirm_points(spec: SearchSpec, configs: list[dict], seeds: list[int], plan
         if values not in students:
             students.append(values)
     picked += [v | {"method": "ce", "teacher": NO_TEACHER} for v in students]
-    points = []
+    per_trial = max(1, spec.confirm.members_per_trial // len(seeds))  # configs per fused trial
+    trials: list[tuple[bool, list[dict]]] = []  # (fused, the configs that train in one trial)
     for p in picked:
-        if spec.confirm.fuse and plan is not None and fusable(plan, p):
-            points.append(p | {"seed": seeds[0], "members": list(seeds)})
+        fused = bool(spec.confirm.fuse) and plan is not None and fusable(plan, p)
+        group = next((g for f, g in trials if fused and f and len(g) < per_trial and shares_trial(plan, g[0], p)),
+                     None)
+        if group is not None:
+            group.append(p)
         else:
-            points += [p | {"seed": s} for s in seeds]
+            trials.append((fused, [p]))
+    points = []
+    for fused, group in trials:
+        if not fused:
+            points += [group[0] | {"seed": s} for s in seeds]
+        elif len(group) == 1:
+            points.append(group[0] | {"seed": seeds[0], "members": list(seeds)})
+        else:
+            points.append(group[0] | {"seed": seeds[0], "members": [q | {"seed": s} for q in group for s in seeds]})
     return points
+
+
+def shares_trial(plan: Plan, first: dict, point: dict) -> bool:
+    """Whether the config `point` can train in the fused model of the config `first`: one student
+    recipe and method, with the same number of teachers (explorer/fused.py `member_setup`: only seed, lr
+    and the method's real-valued hyperparameters, which its loss must take per member, may differ)."""
+    a, b = (plan.settings(q | {"seed": 0}, KIND_CONFIRM) for q in (first, point))
+    teachers = [0 if s["teacher_key"] == NO_TEACHER else len(s["teacher_key"].split(",")) for s in (a, b)]
+    if teachers[0] != teachers[1]:
+        return False
+    try:
+        member_setup(a["train"], [b["train"]], plan.num_classes, teachers[0])
+    except KdxError:
+        return False
+    return True
 
 
 def fusable(plan: Plan, point: dict) -> bool:
@@ -68,9 +100,10 @@ def run_confirm(spec: SearchSpec, spec_text: str, configs: list[dict], seeds: li
     not rerun); a different choice of configs (the search went on) is a new experiment."""
     plan = make_plan(spec, loc.store_root)
     points = confirm_points(spec, configs, seeds, plan)
-    fused = sum("members" in p for p in points)
+    fused = [p for p in points if "members" in p]
     out(f"confirm {spec.name!r}: {len(configs)} cell(s) + the CE baseline x {len(seeds)} fresh seeds = "
-        f"{len(points)} trials" + (f" ({fused} of them train their {len(seeds)} seeds fused)" if fused else ""))
+        f"{len(points)} trials" + (f" ({len(fused)} of them fused, {sum(len(p['members']) for p in fused)} runs "
+                                   "as members of one model each)" if fused else ""))
     for cfg in configs:
         out("  " + ", ".join(f"{k}={cfg[k]}" for k in spec.searched_axes() if k in cfg and k != "seed"))
     digest = hashlib.sha256(json.dumps(points, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -7,6 +7,7 @@ so trials never re-read the spec and all of them agree on teacher keys.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 
 from explorer.data import DATASETS
@@ -105,6 +106,21 @@ class Plan:
         out |= {name: hp.get(name) for name in METHOD_PARAMS}
         out |= {name: getattr(train, name.removeprefix("student.")) for name in RECIPE_PARAMS}
         return out
+
+
+def member_points(config: dict) -> list[dict] | None:
+    """The points of a fused trial's members, None for a trial of one model. `members` holds the seeds
+    of the trial's config, or (a confirmation trial of several configs, trainables/confirm.py) each
+    member's own point: its config's searched values and its seed."""
+    point = dict(config.get("point", config))
+    members = point.pop("members", None)
+    return [point | (m if isinstance(m, dict) else {"seed": m}) for m in members] if members else None
+
+
+def member_tag(member) -> str:
+    """A member's `kdx.member` tag in MLflow: its seed, or for a member with a point of its own, the
+    point (sorted JSON; a trial of several configs has each seed once per config)."""
+    return json.dumps(member, sort_keys=True, default=str) if isinstance(member, dict) else str(member)
 
 
 def make_plan(spec: SearchSpec, store_root: str) -> Plan:

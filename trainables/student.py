@@ -30,7 +30,7 @@ from explorer.tracking import EARLIER_EPOCHS, KIND_SEARCH
 from explorer.train import Diverged, Trainer, load_state, save_state
 
 from .locks import store_lock
-from .plan import Plan
+from .plan import Plan, member_points
 
 STATE_FILE = "trainer_state.pt"
 # Test hook: "EPOCH:MARKER" makes the first trial to reach EPOCH crash once (MARKER records it).
@@ -83,19 +83,38 @@ def robust_metrics(tr: Trainer, restarts: int) -> dict:
             "robust_acc_pgd50": robust_accuracy(tr.model, s.test_x, s.test_y, box, strong, restarts, c.seed)}
 
 
+def load_teachers(plan: Plan, settings: list[dict]) -> list[list | None]:
+    """The teacher (a list: one, or an ensemble's) of each of `settings`, from the teacher store; one
+    object per distinct checkpoint, so members that share a teacher share it."""
+    loaded: dict[tuple, list] = {}
+    store = None
+    out = []
+    for s in settings:
+        if s["teacher_key"] == "none":
+            out.append(None)
+            continue
+        at = (s["teacher_key"], s["teacher_stop_epoch"])
+        if at not in loaded:  # several comma-joined keys: an ensemble (mkd)
+            # the lock guards the teacher's logits-on-views table too, built by the first trial that needs it
+            store = store or TeacherStore(plan.store_root, lock=store_lock("auto", plan.store_root))
+            loaded[at] = [store.load_model(key, at[1])[0] for key in at[0].split(",")]
+        out.append(loaded[at])
+    return out
+
+
 def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
     settings = plan.settings(config, kind)
-    teacher = None
-    if settings["teacher_key"] != "none":  # several comma-joined keys: an ensemble (mkd)
-        # the lock guards the teacher's logits-on-views table too, built by the first trial that needs it
-        store = TeacherStore(plan.store_root, lock=store_lock("auto", plan.store_root))
-        teacher = [store.load_model(key, settings["teacher_stop_epoch"])[0]
-                   for key in settings["teacher_key"].split(",")]
-    # a trial may train its seeds as fused members (a confirmation trial, trainables/confirm.py; any trial with
-    # search.fuse_seeds); its reports carry each member's row (`members`), which the MLflow logger gives to
+    # a trial may train fused members (a confirmation trial, trainables/confirm.py; any trial with
+    # search.fuse_seeds): its config's seeds, or several configs' seeds, each member with its own config
+    # and teacher; its reports carry each member's row (`members`), which the MLflow logger gives to
     # that member's own run, and the members' mean, on which ASHA and the searcher decide
-    members = config.get("point", config).get("members")
-    trainer = Trainer(settings["train"], splits, teacher=teacher, members=members)
+    points = member_points(config)
+    members = [plan.settings(p, kind) for p in points] if points else [settings]
+    teachers = load_teachers(plan, members)
+    shared = all(t is teachers[0] for t in teachers)
+    trainer = Trainer(settings["train"], splits, teacher=teachers[0] if shared else None,
+                      members=[m["train"] for m in members] if points else None,
+                      member_teachers=None if shared else teachers)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
