@@ -314,7 +314,7 @@ def test_confirm_then_analyze_on_the_real_search(searched):
     # teacher, T and alpha, share one fused model (confirm.members_per_trial 24 >= 2 x cells); the CE baseline
     # is another: two Ray trials, one MLflow run per member, each member's own config in its params
     assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"completed": 2}
-    assert f"2 of them fused, {2 * len(cells) + 2} runs as members of one model each" in proc.stdout
+    assert f"({2 * len(cells) + 2} runs train as members of the 2 fused ones, one model per trial)" in proc.stdout
     assert len(confirm) == 2 * len(cells) + 2 and all(r.data.tags[STATUS_TAG] == "completed" for r in confirm)
     assert len({r.data.tags["trial_id"] for r in confirm}) == 2
     for r in confirm:  # the member tag: the seed, or a member of several configs' trial, its own point

@@ -102,8 +102,8 @@ def run_confirm(spec: SearchSpec, spec_text: str, configs: list[dict], seeds: li
     points = confirm_points(spec, configs, seeds, plan)
     fused = [p for p in points if "members" in p]
     out(f"confirm {spec.name!r}: {len(configs)} cell(s) + the CE baseline x {len(seeds)} fresh seeds = "
-        f"{len(points)} trials" + (f" ({len(fused)} of them fused, {sum(len(p['members']) for p in fused)} runs "
-                                   "as members of one model each)" if fused else ""))
+        f"{len(points)} trials" + (f" ({sum(len(p['members']) for p in fused)} runs train as members of the "
+                                   f"{len(fused)} fused ones, one model per trial)" if fused else ""))
     for cfg in configs:
         out("  " + ", ".join(f"{k}={cfg[k]}" for k in spec.searched_axes() if k in cfg and k != "seed"))
     digest = hashlib.sha256(json.dumps(points, sort_keys=True, default=str).encode()).hexdigest()[:8]
