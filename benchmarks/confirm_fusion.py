@@ -62,9 +62,11 @@ def answer(cwd: Path, name: str) -> dict:
     from analysis.runs import load_trials
 
     out = {}
-    for student, s in confirmed_cells(load_trials(name, f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}")).by_student.items():
+    trials = load_trials(name, f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}")
+    for student, s in confirmed_cells(trials).by_student.items():
         g = s["kd_gain"]["test_acc"]
-        out[student] = {"best": s["best"]["label"], "kd_gain_test": [round(g[k], 4) for k in ("diff", "ci_low", "ci_high")]}
+        out[student] = {"best": s["best"]["label"],
+                        "kd_gain_test": [round(g[k], 4) for k in ("diff", "ci_low", "ci_high")]}
     return out
 
 

@@ -4,9 +4,10 @@ S members trained as one fused model (explorer/fused.py: `Trainer(..., members=s
 S seeds trained one by one with the same `Trainer`. With `--configs` each member is a config of its own
 (its own lr, and T and alpha for KD: several configs in one fused model), and so is its solo run; each
 round then also times a fused model of the shared config, and `own_over_shared` is the fused epoch's
-time with members' own settings over that one's (what per-member settings cost). Each round times one fused epoch and one epoch of
-every solo trainer, in turn, so load on the host hits both alike; the ratio is the solo trainers'
-summed epoch time over the fused epoch time (the throughput ratio), per round, and its median.
+time with members' own settings over that one's (what per-member settings cost). Each round times one
+fused epoch and one epoch of every solo trainer, in turn, so load on the host hits both alike; the ratio
+is the solo trainers' summed epoch time over the fused epoch time (the throughput ratio), per round,
+and its median.
 `train` counts the training loop only (`epoch_seconds`); `wall` adds the per-epoch val/test evaluation.
 
     .venv/bin/python benchmarks/fused_speed.py [--members 8] [--reps 3] [--threads 1] [--device cuda] [--configs]
@@ -88,13 +89,14 @@ def bench(name: str, members: int, reps: int, device, own: bool = False) -> dict
             if shared is not None:
                 rounds[-1]["shared_train_s"] = shared.train_epoch()["epoch_seconds"]
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    return {"setting": name + (" (own lr, T, alpha per member)" if own else ""), "members": members, "train_samples": len(splits.train_y), "device": str(device),
+    return {"setting": name + (" (own lr, T, alpha per member)" if own else ""), "members": members,
+            "train_samples": len(splits.train_y), "device": str(device),
             "threads": torch.get_num_threads(),
             "solo_train_s": round(med["solo_train_s"], 3), "fused_train_s": round(med["fused_train_s"], 3),
             "train_ratio": round(statistics.median(r["solo_train_s"] / r["fused_train_s"] for r in rounds), 2),
             "wall_ratio": round(statistics.median(r["solo_wall_s"] / r["fused_wall_s"] for r in rounds), 2),
-            **({"own_over_shared": round(statistics.median(r["fused_train_s"] / r["shared_train_s"] for r in rounds), 2)}
-               if own else {}),
+            **({"own_over_shared": round(statistics.median(r["fused_train_s"] / r["shared_train_s"]
+                                                           for r in rounds), 2)} if own else {}),
             "rounds": [{k: round(v, 3) for k, v in r.items()} for r in rounds]}
 
 

@@ -80,8 +80,9 @@ def breakdown(cwd: Path, name: str, kind: str | None = None) -> dict:
 def quickstart(runs: Path) -> int:
     """Benchmark (a): the fraction on a finished quickstart (`--runs kdx_runs` of `scripts/quickstart`)."""
     print(f"{'kind':9} {'trials':>6} {'trial s':>8} {'train s':>8} {'eval s':>7} {'in train+eval':>14}")
-    for kind in ("search", "baseline", "confirm"):
+    for kind in ("search", "baseline", "confirm", None):
         r = breakdown(runs.parent, "quickstart", kind)
+        kind = kind or "all"
         print(f"{kind:9} {r['trials']:6d} {r['trial_seconds']:8.1f} {r['train_seconds']:8.1f} {r['eval_seconds']:7.1f} "
               f"{r['fraction_in_training_and_eval']:13.0%}")
     return 0

@@ -23,12 +23,14 @@ own forward before it is used; an architecture whose forward mixes channels in a
 concatenation or padding) is refused, not trained wrong.
 
 Members may also differ in their learning rate and in the method's real-valued hyperparameters (T,
-alpha, ...): several configs of one student recipe train as one model (`member_settings`). Each member's
-hyperparameters reach its own loss as vmapped values, so its gradient is still its solo gradient; its
-learning rate scales its own SGD step (`scale_grads`): torch's SGD step is -lr times a direction that is
-linear in the gradient plus weight decay (momentum and Nesterov included), so scaling that sum by lr_s / lr
-makes the step the one its solo run takes. Everything else (architecture, epochs, batch size, schedule, momentum, weight
-decay, data) sets the one fused model and its loop, so members must share it.
+alpha, ...): several configs of one student recipe train as one model (`member_settings`). Each
+member's hyperparameters reach its own loss as vmapped values, so its gradient is still its solo
+gradient; its learning rate scales its own SGD step (`scale_grads`): torch's SGD step is -lr times a
+direction that is linear in the gradient plus weight decay (momentum and Nesterov included), so
+scaling that sum by lr_s / lr makes the step the one its solo run takes. Members may distil from
+different teachers too (explorer/member_teachers.py). Everything else (architecture, epochs, batch
+size, schedule, momentum, weight decay, data) sets the one fused model and its loop, so members
+must share it.
 """
 
 from __future__ import annotations
@@ -219,7 +221,8 @@ def member_problem(cfg) -> str | None:
     return adversarial_problem(cfg.adversarial_steps) or fuse_problem(get_method(cfg.method))
 
 
-def member_losses(loss_terms, inputs: LossInputs, hp: dict, own: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+def member_losses(loss_terms, inputs: LossInputs, hp: dict,
+                  own: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The method's loss terms of every member on its own rows: `inputs` hold (S, B, ...) tensors; the
     result maps each term to an (S,) tensor. The loss is vmapped, so it sees one member's batch, and
     member s's hyperparameters are `hp` overlaid with `own[name][s]` (`member_settings`)."""
@@ -290,6 +293,14 @@ def check_member_losses(method: Method, hp: dict, own: dict[str, list[float]], n
             raise refused
 
 
+def member_setup(cfg, members: list, num_classes: int, teachers: int) -> tuple[dict[str, list[float]], list[float]]:
+    """`member_settings`, with the method's loss checked to take each member's own values
+    (`check_member_losses`; `teachers`: how many teachers' logits the loss gets, 0 without one)."""
+    own, lr_scale = member_settings(cfg, members)
+    check_member_losses(get_method(cfg.method), cfg.validate(), own, num_classes, teachers)
+    return own, lr_scale
+
+
 def member_lr_weights(params: list[Tensor], scale: list[float], weight_decay: float) -> list[tuple[Tensor, Tensor]]:
     """Per fused parameter (member-major along dim 0), the (w, v) of `scale_grads` for members whose lr is
     `scale[s]` times the optimiser's: w = scale, v = (scale - 1) * weight_decay, each member's rows."""
@@ -299,14 +310,6 @@ def member_lr_weights(params: list[Tensor], scale: list[float], weight_decay: fl
         c = c.view(-1, *[1] * (p.dim() - 1))
         out.append((c, (c - 1.0) * weight_decay))
     return out
-
-
-def member_setup(cfg, members: list, num_classes: int, teachers: int) -> tuple[dict[str, list[float]], list[float]]:
-    """`member_settings`, with the method's loss checked to take each member's own values
-    (`check_member_losses`; `teachers`: how many teachers' logits the loss gets, 0 without one)."""
-    own, lr_scale = member_settings(cfg, members)
-    check_member_losses(get_method(cfg.method), cfg.validate(), own, num_classes, teachers)
-    return own, lr_scale
 
 
 @torch.no_grad()

@@ -65,9 +65,11 @@ class MemberTeachers:
         """(S, B, classes) logits, member s's from its own teacher on its own rows (`xb`: (S, B, ...)
         images, `idx`: (S, B) sample indices; a list, one per ensemble member, for ensembles)."""
         parts = []
+        # the views `draw` drew for every member: one draw, on the first unit's table (every unit's views
+        # of a sample are the same)
+        v = self.units[0].views.drawn(idx) if self.units[0].views is not None else None
         for unit, rows in zip(self.units, self.rows):
-            if unit.views is not None:  # the views `draw` drew for every member (one draw, any unit's table)
-                v = self.units[0].views.drawn(idx)
+            if unit.views is not None:
                 parts.append(unit.views.logits_at(idx[rows], None if v is None else v[rows]))
             else:
                 flat = xb[rows].flatten(0, 1)

@@ -82,7 +82,8 @@ class Trainer:
                   for t in (member_teachers if member_teachers is not None else [teacher])]
         distinct = list({tuple(map(id, t)): t for t in listed}.values())
         if len({len(t) for t in distinct}) > 1:
-            raise bad_value("member_teachers", "ensembles of different sizes", "allowed: the same size for every member")
+            raise bad_value("member_teachers", "ensembles of different sizes",
+                            "allowed: the same size for every member")
         for teachers in distinct:
             self._check_teachers(cfg, teachers)
         teachers = distinct[0]
@@ -320,7 +321,8 @@ class Trainer:
         if self.fused:  # the members' mean (a diverged member's val_acc counts as 0), and each member's row
             keys = [k for k in next(r for i, r in enumerate(rows) if i not in self.diverged) if k != "seed"]
             mean = {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
-            metrics = head | mean | timing | {"members": [head | r | {"lr": lr * x} for r, x in zip(rows, self.lr_scales)]}
+            rows = [r | {"lr": lr * x} for r, x in zip(rows, self.lr_scales)]  # each member's own lr
+            metrics = head | mean | timing | {"members": [head | r for r in rows]}
         else:
             metrics = head | rows[0] | timing
         self.epoch = epoch

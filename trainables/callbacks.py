@@ -160,8 +160,16 @@ class MlflowTrialLogger(Callback):
                 self._pending.setdefault((tid, member), []).extend(
                     Metric(k, v, now, step) for k, v in logged_metrics(row).items())
                 self._last_step[tid, member] = step
-        if time.monotonic() - self._flushed.setdefault(tid, time.monotonic()) >= FLUSH_SECONDS:
-            self._flush(tid)
+        self._flushed.setdefault(tid, time.monotonic())
+
+    def on_step_end(self, iteration, trials, **info):
+        """Write the metrics that have waited FLUSH_SECONDS. Here rather than in `on_trial_result`: Tune
+        calls that before it sends the reporting trial back to training, so the trial would wait for the
+        writes (a function trainable's report is synchronous), one per member run of a fused trial."""
+        now = time.monotonic()
+        for tid in {key[0] for key in self._pending}:
+            if now - self._flushed.setdefault(tid, now) >= FLUSH_SECONDS:
+                self._flush(tid)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._flush(trial.trial_id)  # a restart from this checkpoint does not repeat these epochs
