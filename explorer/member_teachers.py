@@ -1,5 +1,7 @@
 """The teacher side of a trainer: one teacher (or ensemble) per trainer, or one per fused member.
 
+`check_teachers` refuses, before any compute, a teacher the method cannot take.
+
 A `TeacherUnit` is one teacher (or an ensemble's list) made ready for training: frozen, in eval mode, its
 validation predictions (for `kd_agreement`) and, where the method needs only logits, its logits on the
 training set's fixed views (explorer/views.py). A solo trainer, and fused members of one config, have one.
@@ -18,8 +20,27 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .errors import KdxError, bad_value
 from .evaluation import TeacherEnsemble, evaluate
+from .methods import Method, check_method_params
 from .views import TeacherViews, teacher_views
+
+
+def check_teachers(cfg, method: Method, teachers: list[nn.Module]) -> None:
+    """Refuse (one sentence, before any compute) a teacher `method` cannot take for the TrainConfig
+    `cfg`: none where it needs one, an ensemble where it takes one, or an architecture whose features
+    it cannot read."""
+    check_method_params(cfg.method, cfg.method_params, cfg.epochs,
+                        archs=[cfg.arch] + [t.arch for t in teachers if hasattr(t, "arch")])
+    if method.needs_teacher and not teachers:
+        raise bad_value("teacher", None, f"method {cfg.method!r} needs a teacher")
+    if method.needs_teacher and len(teachers) > 1 and "ensemble" not in method.teacher_kinds:
+        raise bad_value("teacher", f"an ensemble of {len(teachers)}",
+                        f"method {cfg.method!r} takes one teacher (mkd or kd take ensembles)")
+    if method.needs_teacher and len(teachers) > 1:
+        problem = method.teacher_problem("ensemble", members=len(teachers))
+        if problem:
+            raise KdxError(f"teacher: {problem}.")
 
 
 @dataclass

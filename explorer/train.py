@@ -29,8 +29,8 @@ from .evaluation import absent_classes, autocast, epoch_scores, predict_logits
 from .features import FeatureTap, feature_paths
 from .fused import (Broadcast, fuse_models, member_losses, member_lr_weights, member_problem, member_setup,
                     scale_grads)
-from .member_teachers import MemberTeachers, teacher_unit, test_preds
-from .methods import LossInputs, check_method_params, get_method
+from .member_teachers import MemberTeachers, check_teachers, teacher_unit, test_preds
+from .methods import LossInputs, get_method
 
 
 class Diverged(KdxError):
@@ -85,7 +85,7 @@ class Trainer:
             raise bad_value("member_teachers", "ensembles of different sizes",
                             "allowed: the same size for every member")
         for teachers in distinct:
-            self._check_teachers(cfg, teachers)
+            check_teachers(cfg, self.method, teachers)
         teachers = distinct[0]
         self.device = torch.device(device) if device is not None else default_device()
         self.splits = splits.to(self.device)
@@ -173,21 +173,6 @@ class Trainer:
         return modules.to(self.device) if modules is not None else None
 
     # ------------------------------------------------------------------ teacher
-    def _check_teachers(self, cfg: TrainConfig, teachers: list[nn.Module]) -> None:
-        """Refuse (one sentence, before any compute) a teacher the method cannot take: none where it
-        needs one, an ensemble where it takes one, or an architecture whose features it cannot read."""
-        check_method_params(cfg.method, cfg.method_params, cfg.epochs,
-                            archs=[cfg.arch] + [t.arch for t in teachers if hasattr(t, "arch")])
-        if self.method.needs_teacher and not teachers:
-            raise bad_value("teacher", None, f"method {cfg.method!r} needs a teacher")
-        if self.method.needs_teacher and len(teachers) > 1 and "ensemble" not in self.method.teacher_kinds:
-            raise bad_value("teacher", f"an ensemble of {len(teachers)}",
-                            f"method {cfg.method!r} takes one teacher (mkd or kd take ensembles)")
-        if self.method.needs_teacher and len(teachers) > 1:
-            problem = self.method.teacher_problem("ensemble", members=len(teachers))
-            if problem:
-                raise KdxError(f"teacher: {problem}.")
-
     def _set_teacher(self, teachers: list[nn.Module]) -> None:
         # Where the method needs only logits, the teacher runs once per training sample and view, not per
         # batch: on the V fixed views per sample of augmented data (cfg.views; 0 = live crops, the
