@@ -79,8 +79,9 @@ class ConfirmSection(Strict):
         "where seeds train fused: the most members one confirmation trial trains. A config's seeds always "
         "train together; configs of one student recipe and method, differing only in teacher, lr and the "
         "method's real-valued hyperparameters (T, alpha, ...), share a trial up to this many members, each "
-        "member with its own teacher and values (explorer/fused.py). 24: a fused 1-D CNN's time per member "
-        "stops falling there on one CPU thread (README, Speed)"))
+        "member with its own teacher and values (explorer/fused.py). 24: past it a fused 1-D CNN's time per "
+        "member falls by a few percent more on one CPU thread, and bigger trials leave fewer to spread over "
+        "cores (benchmarks/fused_members.py, README Speed)"))
 
     def check(self, search_seeds: list[int], searched: dict) -> None:
         """Fresh, distinct seeds, and cells keyed on the teacher lists or searched choice/grid axes."""
