@@ -183,7 +183,7 @@ class Trainer:
         self.teachers, self.teacher = self.unit.modules, self.unit.teacher
         if self.method.needs_features:
             self.teacher_tap = FeatureTap(self.teacher, feature_paths(self.teacher, self.method.feature_role))
-        self.teacher_val_acc, self.teacher_train_logits = self.unit.val_acc, self.unit.views
+        self.teacher_train_logits = self.unit.views
 
     @torch.inference_mode()
     def _teacher_outputs(self, xb: Tensor, idx: Tensor):
