@@ -10,10 +10,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 
+from explorer.data.randaugment import OPS, op_magnitude, rand_augment
 from explorer.errors import KdxError
 from explorer.methods import LossInputs, check_method_params, get_method
 from explorer.methods.bss import base_samples, bss_attack, bss_weights, target_classes, value_range
-from explorer.randaugment import OPS, op_magnitude, rand_augment
 
 rng = np.random.default_rng(7)
 
@@ -39,16 +39,39 @@ def test_bss_weights_follow_the_authors_linear_decays():
     assert bss_weights(150, 200)[1] == 0.0  # the attack stops after three quarters of training
 
 
+def np_base_samples(t, s, y, size, student_too=True):
+    """The authors' selection, written out: samples whose top-1 is the label for the teacher (and the
+    student, unless `student_too` is False: kdx's old rule), the `size` with the largest
+    sum_{k != y} (p_t,k - p_s,k)^2 (softmax at T = 1)."""
+    pt, ps, k = softmax(t), softmax(s), t.shape[1]
+    ok = [i for i in range(len(y)) if t[i].argmax() == y[i] and (not student_too or s[i].argmax() == y[i])]
+    score = {i: sum((pt[i, c] - ps[i, c]) ** 2 for c in range(k) if c != y[i]) for i in ok}
+    return sorted(sorted(score, key=score.get, reverse=True)[:size])
+
+
 @pytest.mark.parametrize("size", [3, 8, 50])
-def test_base_samples_are_teacher_correct_and_most_disagreeing(size):
-    t, s = rng.normal(size=(40, 6)) * 2, rng.normal(size=(40, 6)) * 2
+def test_base_samples_are_teacher_and_student_correct_and_most_disagreeing(size):
+    r = np.random.default_rng(21)
+    t = r.normal(size=(60, 6)) * 2
+    s = 0.7 * t + r.normal(size=(60, 6)) * 1.5  # a student that agrees with the teacher on some samples
     y = t.argmax(1).copy()
-    y[::3] = (y[::3] + 1) % 6  # every third sample: the teacher is wrong
-    pt, ps = softmax(t), softmax(s)
-    score = {i: sum((pt[i, k] - ps[i, k]) ** 2 for k in range(6) if k != y[i]) for i in range(40) if t[i].argmax() == y[i]}
-    want = sorted(score, key=score.get, reverse=True)[:size]
+    y[::4] = (y[::4] + 1) % 6  # every fourth sample: the teacher is wrong
+    want = np_base_samples(t, s, y, size)
+    # the case must tell the rules apart: teacher-right, student-wrong samples rank among the old top `size`
+    assert np_base_samples(t, s, y, size, student_too=False) != want and len(want) >= 3
     got = base_samples(torch.tensor(t), torch.tensor(s), torch.tensor(y), size).tolist()
-    assert sorted(got) == sorted(want)
+    assert sorted(got) == want
+
+
+def test_a_sample_only_the_teacher_gets_right_is_never_attacked():
+    """The teacher is right on every sample; the student is wrong on sample 0 only, where it disagrees
+    most with the teacher (the largest distillation score), so the old teacher-only rule picked it first."""
+    t = torch.tensor([[4.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])
+    s = torch.tensor([[0.0, 3.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.5]])
+    y = torch.tensor([0, 0, 1, 2])
+    assert np_base_samples(t.numpy(), s.numpy(), y.numpy(), 1, student_too=False) == [0]
+    assert base_samples(t, s, y, 1).tolist() == np_base_samples(t.numpy(), s.numpy(), y.numpy(), 1) != [0]
+    assert sorted(base_samples(t, s, y, 4).tolist()) == [1, 2, 3]
 
 
 def test_target_class_is_never_the_top_and_follows_the_teacher_softmax():
@@ -97,25 +120,28 @@ def test_boundary_attack_matches_the_iteration_on_a_linear_teacher():
 
 
 def test_bss_loss_matches_numpy_with_two_classes():
-    """With two classes the target class is the other one, so the whole loss is computable in numpy."""
-    w_t, b_t = rng.normal(size=(2, 8)), np.zeros(2)
-    w_s = rng.normal(size=(2, 8)) * 0.5
-    x = rng.normal(size=(12, 8)).astype(np.float32)
+    """With two classes the target class is the other one, so the whole loss is computable in numpy. The
+    base samples are picked in numpy by the authors' rule (teacher and student right); the batch holds
+    teacher-right, student-wrong samples that the teacher-only rule would have attacked."""
+    r = np.random.default_rng(3)
+    w_t, b_t = r.normal(size=(2, 8)), np.zeros(2)
+    w_s = 0.5 * w_t + r.normal(size=(2, 8)) * 0.4
+    x = r.normal(size=(16, 8)).astype(np.float32)
     teacher, student = Linear(w_t, b_t), Linear(w_s, np.zeros(2))
-    y = (x @ w_t.T).argmax(1)
+    t, s = x @ w_t.T, x @ w_s.T
+    y = t.argmax(1)
     y[:2] = 1 - y[:2]  # two samples the teacher gets wrong: never attacked
+    size = 4
+    pick = np_base_samples(t, s, y, size)
+    assert len(pick) == size and pick != np_base_samples(t, s, y, size, student_too=False)
     method = get_method("bss")
-    hp = method.resolve({"attack_size": 4, "attack_steps": 3})
+    hp = method.resolve({"attack_size": size, "attack_steps": 3})
     T, epoch, epochs = hp["temperature"], 2, 10
     xt = torch.tensor(x)
-    s_logits = student(xt)
-    terms = method.losses(LossInputs(s_logits, torch.tensor(y), epoch, teacher(xt), x=xt, run_student=student,
+    terms = method.losses(LossInputs(student(xt), torch.tensor(y), epoch, teacher(xt), x=xt, run_student=student,
                                      run_teacher=teacher, generator=torch.Generator().manual_seed(0), epochs=epochs), hp)
     kd_w, b_w = 1 + 3 * (1 - epoch / epochs), 2 * (1 - 4 / 3 * epoch / epochs)
-    t, s = x @ w_t.T, x @ w_s.T
-    ce = float(np.mean(-np.log(softmax(s)[np.arange(12), y])))
-    pick = base_samples(torch.tensor(t), torch.tensor(s), torch.tensor(y), 4).numpy()
-    assert set(pick) <= set(np.flatnonzero(t.argmax(1) == y)) and len(pick) == 4
+    ce = float(np.mean(-np.log(softmax(s)[np.arange(len(y)), y])))
     adv = []
     for i in pick:
         a, base = x[i].astype(np.float64), int(t[i].argmax())
@@ -215,19 +241,35 @@ def test_uda_refuses_non_images_in_one_sentence():
 # ---------------------------------------------------------------- in the training loop
 
 
+def teacher_labels(teacher, x):
+    """Calibrate the untrained teacher's BN statistics on `x` (a cumulative average) and return its
+    predictions, to serve as labels the teacher gets right; the student then gets some of them right."""
+    for m in teacher.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        teacher.train()(x)
+        return teacher.eval()(x).argmax(1)
+
+
 @pytest.mark.parametrize("name", ["bss", "uda"])
 def test_trains_in_the_loop_with_its_extra_terms_and_resumes_exactly(name):
     from dataclasses import replace
 
-    from explorer.config import TrainConfig
-    from explorer.data import DataSpec, load_splits
-    from explorer.models import build_model
     from resume import full_and_resumed
+
+    from explorer.config import TrainConfig
+    from explorer.data.condition import DataSpec
+    from explorer.data.splits import load_splits
+    from explorer.models import build_model
 
     splits = load_splits(DataSpec("fake"))
     splits = replace(splits, **{k: getattr(splits, k)[: 192 if k.startswith("train") else 64] for k in splits._TENSORS})
     torch.manual_seed(0)
     teacher = build_model("resnet14", splits.num_classes, splits.input_shape)
+    if name == "bss":  # BSS attacks only samples both nets get right, and an untrained net predicts one class
+        y = teacher_labels(teacher, splits.train_x)  # for every image
+        splits = replace(splits, train_y=y, train_clean_y=y)
     cfg = TrainConfig("resnet8", epochs=2, seed=5, method=name, lr=0.05, batch_size=64)
     full, resumed = full_and_resumed(cfg, splits, teacher)
     extra = "train_bss" if name == "bss" else "train_kd_ra"

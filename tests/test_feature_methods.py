@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from explorer.config import TrainConfig
-from explorer.data import DataSpec, load_splits
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.features import FeatureTap, feature_paths
 from explorer.methods import LossInputs, check_method_params, get_method
 from explorer.models import build_model
-from explorer.train import Trainer
+from explorer.models.features import FeatureTap, feature_paths
+from explorer.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW = ["at", "sp", "rkd_d", "rkd_a", "rkd_da", "fitnet", "fsp", "sfd", "ab", "oh", "bss", "uda"]
@@ -157,6 +158,42 @@ def test_fitnet_hint_matches_numpy():
     terms = m.init_losses(inputs(fs, ft, reg), m.resolve({}))
     ref = ((np.einsum("oc,bchw->bohw", w, fs[1]) - ft[1]) ** 2).mean()
     assert set(terms) == {"hint"} and terms["hint"].item() == pytest.approx(ref, rel=1e-5)
+
+
+def np_batchnorm(z, gamma, beta, eps=1e-5):
+    """Training-mode BN: per channel (axis 1), normalised by the batch's mean and biased variance."""
+    axes = (0, *range(2, z.ndim))
+    mu, var = z.mean(axes, keepdims=True), z.var(axes, keepdims=True)
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    return gamma.reshape(shape) * (z - mu) / np.sqrt(var + eps) + beta.reshape(shape)
+
+
+@pytest.mark.parametrize("s_shape,t_shape", [((4, 5, 5), (6, 5, 5)), ((4, 7), (6, 7)), ((4,), (6,))],
+                         ids=["map", "seq", "flat"])
+def test_fitnet_regressor_is_a_pointwise_linear_map_plus_bn_without_relu(s_shape, t_shape):
+    """The built regressor (Romero et al. section 2.2: kernel k with N_g - k + 1 = N_h, so 1x1 on maps of
+    equal size; Linear on flat features) + BN, no final ReLU: the whole hint against numpy, with the
+    regressor's weights drawn here, BN in training mode, on the student's and teacher's block 2."""
+    b = 5
+    fs = [rng.normal(size=(b, *s_shape)) for _ in range(3)]
+    ft = [rng.normal(size=(b, *t_shape)) for _ in range(3)]
+    m = get_method("fitnet")
+    reg = m.build_modules([s_shape] * 3, [t_shape] * 3, m.resolve({})).train()
+    assert len(reg) == 2 and reg[0].weight[0, 0].numel() == 1  # conv 1x1 (or Linear), BN, nothing after
+    w, gamma, beta = rng.normal(size=(6, 4)), rng.uniform(0.5, 2, 6), rng.normal(size=6)
+    with torch.no_grad():
+        for p in reg.parameters():
+            p.zero_()  # a conv bias (none expected before BN) stays 0, as the reference has none
+        reg[0].weight.copy_(t(w).reshape(reg[0].weight.shape))
+        reg[1].weight.copy_(t(gamma))
+        reg[1].bias.copy_(t(beta))
+    got = reg(t(fs[1]))
+    want = np_batchnorm(np.einsum("oc,bc...->bo...", w, fs[1]), gamma, beta)
+    assert got.shape == (b, *t_shape)
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-4, atol=1e-4)
+    assert (want < 0).any()  # no ReLU: negative outputs come through
+    terms = m.init_losses(inputs(fs, ft, reg), m.resolve({}))
+    assert terms["hint"].item() == pytest.approx(((want - ft[1]) ** 2).mean(), rel=1e-4)
 
 
 def np_fsp(fs, ft, weights=(1, 3, 1)):
@@ -439,7 +476,7 @@ def test_init_stage_clock_lr_and_exact_resume_within_and_across_the_stages(mnist
 def test_kdx_methods_lists_the_new_methods(capsys):
     import json
 
-    from explorer.cli import cmd_methods
+    from explorer.cli.commands import cmd_methods
 
     cmd_methods(argparse.Namespace(json=True))
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["methods"]}
@@ -468,7 +505,7 @@ SPECS = [ROOT / "searches" / "seed000_methods.yaml", ROOT / "searches" / "seed00
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_seed_method_specs_validate(path):
     """What `kdx validate` checks (no search is run here: CI time)."""
-    from explorer.spec import load_spec
+    from explorer.spec.search import load_spec
 
     spec, text = load_spec(path)
     assert spec.teacher_configs()

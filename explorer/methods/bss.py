@@ -2,8 +2,16 @@
 Samples Supporting Decision Boundary", AAAI 2019; seed 000 table I: T = 4, attack size 32, 10 steps).
 
 Per batch (the authors' code, github.com/bhheo/BSS_distillation, which kdx follows):
-1. Base samples: those the teacher classifies correctly; when more than `attack_size`, the
-   `attack_size` with the largest distillation score sum_{k != y} (p_t,k - p_s,k)^2 (softmax at T = 1).
+1. Base samples: those the teacher *and* the student classify correctly (top-1 = label); when more
+   than `attack_size`, the `attack_size` with the largest distillation score
+   sum_{k != y} (p_t,k - p_s,k)^2 (softmax at T = 1). Both-correct is what the authors' code does
+   (train_BSS_distillation.py, train_attack_KD: `attack_flag = condition1 & condition2`, the teacher's
+   and the student's top-1 against the label; AberHu's Knowledge-Distillation-Zoo port keeps it), and
+   kdx follows this official implementation: the score then ranks samples on which the two nets agree
+   on the class but not on the soft outputs, while a student-wrong sample is left to the CE and KD
+   terms. Early in training (student near chance) few samples qualify, so the BSS term grows in as
+   the student learns, as in the code. (The paper's own wording of the selection was not available to
+   this check; seed 000 does not say which implementation it ran.)
 2. Target class: one of the teacher's non-top classes, drawn with probability proportional to the
    teacher's softmax (T = 1), from the run's generator.
 3. Attack on the teacher, `attack_steps` iterations, for the samples still classified as the base
@@ -28,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import TEMPERATURE, HParam, LossInputs, Method, register
-from .losses import cross_entropy, soft_kl
+from explorer.methods.base import TEMPERATURE, HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy, soft_kl
 
 
 def bss_weights(epoch: int, epochs: int) -> tuple[float, float]:
@@ -39,8 +47,9 @@ def bss_weights(epoch: int, epochs: int) -> tuple[float, float]:
 
 
 def base_samples(t_logits: Tensor, s_logits: Tensor, y: Tensor, attack_size: int) -> Tensor:
-    """Indices of the base samples (step 1): teacher-correct, the `attack_size` most disagreeing."""
-    ok = t_logits.argmax(1) == y
+    """Indices of the base samples (step 1): teacher- and student-correct, the `attack_size` most
+    disagreeing among them."""
+    ok = (t_logits.argmax(1) == y) & (s_logits.argmax(1) == y)
     diff = (F.softmax(t_logits.float(), 1) - F.softmax(s_logits.detach().float(), 1)) ** 2
     score = diff.sum(1) - diff.gather(1, y[:, None]).squeeze(1)
     score = torch.where(ok, score, torch.full_like(score, -float("inf")))

@@ -7,8 +7,21 @@ matrices (fsp). Stage 1 initialises the student on a feature loss alone; stage 2
   hint = mean over batch and elements of (r(u_s) - u_t)^2. The paper writes 1/2 ||.||^2 summed over
   elements; kdx takes the elementwise mean (RepDistiller's convention), so the hint's scale does not grow
   with the layer's size; stage 1 has no other term, so this only rescales its gradient.
-  The regressor is conv3x3 + BN (Linear + BN on flat features) from the student's to the teacher's
-  channels, owned by the method and dropped from the evaluated student.
+  The regressor (owned by the method, dropped from the evaluated student) maps the student's block-2
+  channels to the teacher's with a 1x1 conv + BN (Linear + BN on flat features) and no final ReLU.
+  Seed 000, whose tables III-IV (CIFAR-10/100) kdx's fitnet numbers compare with, does not describe its
+  regressor, so kdx takes the paper where it speaks: its section 2.2 sizes the conv regressor's kernel
+  so that N_g - k + 1 = N_h, i.e. 1x1 where the maps have the same size, as in every kdx family
+  (RepDistiller's and mdistiller's ConvReg use the same rule, models/util.py, _common.py). BN is not in the
+  paper (maxout nets, 2015); both peers' ConvReg have it, and kdx keeps it. The ReLU: section 2.2 asks
+  that r end in the hint layer's non-linearity. kdx's block 2 is post-ReLU for CIFAR ResNets, cnn1d and
+  MLPs but the raw pre-activation stage output for WRNs (both families are in seed 000's tables), and
+  `build_modules` sees shapes only, so kdx keeps one linear output for all: a ReLU would leave a WRN
+  hint's negative entries unreachable (no gradient below zero), while a linear output can still
+  approach a post-ReLU hint. The peers' ConvReg always end in a ReLU, on WRN hints too (RepDistiller's
+  models/wrn.py returns the raw stage outputs), so they match the paper for ResNets only. Following the
+  paper per teacher needs the hint's non-linearity passed to `build_modules`.
+  Only stage 1's initialisation depends on this; stage 2 is Hinton KD.
 * **fsp** (Yim et al., "A Gift from Knowledge Distillation", CVPR 2017): the FSP matrix between two
   feature maps F1 (C1 x positions) and F2 (C2 x positions) is G = F1 F2^T / positions (paper eq. 1);
   kdx takes the three matrices (input of block n, output of block n) for blocks n = 1, 2, 3 (the input of
@@ -25,7 +38,7 @@ matrices (fsp). Stage 1 initialises the student on a feature loss alone; stage 2
 Both: stage 2 = Hinton KD with alpha = 0.9, T = 4 (table I) on the whole student with the student's recipe;
 stage 1 = `init_epochs` = 100 epochs of SGD at `init_lr` = 0.001, x0.1 at 60% and 80% of them (epochs 60
 and 80 of 100), momentum and weight decay from the student's recipe (seed 000 section III). The trainer
-runs both stages on one epoch clock (explorer/train.py): a trial has init_epochs + epochs epochs, each
+runs both stages on one epoch clock (explorer/training/loop.py): a trial has init_epochs + epochs epochs, each
 epoch's `stage` metric says which; ASHA's clock, `epoch`, counts the init epochs (in which the
 student's accuracy is near chance: give ASHA a grace period past init_epochs, or run without ASHA, as the
 seed specs do). `init_epochs` = 0 gives the one-stage method (Hinton KD only).
@@ -38,11 +51,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import KdxError
-from ..models import default_input_family
-from .base import ALPHA, TEMPERATURE, HParam, LossInputs, register
-from .feature_ops import block_indices, check_same_spatial, connector, match_spatial, pick
-from .hinton import HintonKD
+from explorer.errors import KdxError
+from explorer.methods.base import ALPHA, TEMPERATURE, HParam, LossInputs, register
+from explorer.methods.feature_ops import block_indices, check_same_spatial, connector, match_spatial, pick
+from explorer.methods.hinton import HintonKD
+from explorer.models import default_input_family
 
 INIT_EPOCHS = HParam("init_epochs", 100, low=0, integer=True,
                      help="epochs of the init stage before stage 2 (fitnet/fsp: seed 000 section III); 0 = none")
@@ -68,7 +81,7 @@ class FitNet(TwoStage):
     def build_modules(self, student_shapes, teacher_shapes, hp):
         (s,), (t,) = pick(student_shapes, (HINT_BLOCK,), self.name), pick(teacher_shapes, (HINT_BLOCK,), self.name)
         check_same_spatial(self.name, s, t)
-        return connector(s, t, kernel=3)
+        return connector(s, t)  # 1x1 conv + BN (Linear + BN on flat features): the docstring says why
 
     def init_losses(self, inputs: LossInputs, hp: dict) -> dict[str, Tensor]:
         (fs,), (ft,) = (pick(inputs.student_features, (HINT_BLOCK,), self.name),
