@@ -49,7 +49,8 @@ def _family(student: str) -> str:
 
 
 def _splits(dataset: str):
-    from explorer.data import DataSpec, load_splits
+    from explorer.data.condition import DataSpec
+    from explorer.data.splits import load_splits
 
     return load_splits(DataSpec(dataset=dataset, val_fraction=0.1, split_seed=0))
 
@@ -59,7 +60,7 @@ def _run(job: dict) -> dict:
     import torch
 
     from explorer.config import Recipe
-    from explorer.train import Trainer, load_state, save_state
+    from explorer.training.loop import Trainer, load_state, save_state
     from explorer.models import build_model
 
     torch.set_num_threads(1)

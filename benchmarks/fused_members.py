@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.fused_speed import teacher_of  # noqa: E402
 from benchmarks.shapes import splits_of  # noqa: E402
-from explorer.train import TrainConfig, Trainer  # noqa: E402
+from explorer.config import TrainConfig  # noqa: E402
+from explorer.training.loop import Trainer
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Fused seeds against solo runs (issue 11, benchmark b), measured side by side in one run.
 
-S members trained as one fused model (explorer/fused.py: `Trainer(..., members=seeds)`) against the same
+S members trained as one fused model (explorer/training/fused.py: `Trainer(..., members=seeds)`) against the same
 S seeds trained one by one with the same `Trainer`. With `--configs` each member is a config of its own
 (its own lr, and T and alpha for KD: several configs in one fused model), and so is its solo run; each
 round then also times a fused model of the shared config, and `own_over_shared` is the fused epoch's
@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.shapes import CIFAR10_TRAIN, splits_of  # noqa: E402
 from explorer.models import build_model  # noqa: E402
-from explorer.train import TrainConfig, Trainer  # noqa: E402
+from explorer.config import TrainConfig  # noqa: E402
+from explorer.training.loop import Trainer
 
 SETTINGS = {
     # name: dataset, image side (None: as loaded), training samples (None: as loaded), student, method, teacher

@@ -23,9 +23,12 @@ from dataclasses import replace
 
 import torch
 
-from explorer.data import DataSpec, load_splits
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.train import Diverged, TrainConfig, Trainer
+from explorer.config import TrainConfig
+from explorer.training.loop import Trainer
+from explorer.training.members import Diverged
 
 SETTINGS = {
     # name: dataset, teacher, student, batch size

@@ -40,10 +40,10 @@ WITHIN = 0.01
 def run_grid(runs: Path) -> dict:
     import torch
 
-    from explorer.data import load_splits
-    from explorer.spec import load_spec
-    from explorer.store import TeacherStore
-    from explorer.train import Trainer
+    from explorer.data.splits import load_splits
+    from explorer.spec.search import load_spec
+    from explorer.teachers.store import TeacherStore
+    from explorer.training.loop import Trainer
     from trainables.plan import make_plan, teacher_slot
 
     torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def run_grid(runs: Path) -> dict:
     for (teacher, stop), T, alpha in itertools.product(cells, GRID_T, GRID_ALPHA):
         point = {"teacher": teacher, "teacher_stop_epoch": stop, "temperature": T, "alpha": alpha, "seed": spec.seeds[0]}
         settings = plan.settings(point)
-        model = store.load_model(plan.teacher_keys[teacher_slot(teacher, stop)], stop)[0]
+        model = store.teacher(plan.teacher_keys[teacher_slot(teacher, stop)], stop)[0]
         last = Trainer(settings["train"], splits, device="cpu", teacher=model).run()[-1]
         rows.append(point | {"epochs": last["epoch"], "val_acc": last["val_acc"], "test_acc": last["test_acc"]})
         print(f"grid {len(rows)}/{len(cells) * len(GRID_T) * len(GRID_ALPHA)}: {teacher}@{stop} T={T} "

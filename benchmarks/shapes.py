@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import torch.nn.functional as F
 
-from explorer.data import DataSpec, Splits, load_splits
+from explorer.data.condition import DataSpec
+from explorer.data.splits import Splits, load_splits
 
 CIFAR10_TRAIN = 50_000
 

@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.shapes import splits_of  # noqa: E402
 from explorer.models import build_model  # noqa: E402
-from explorer.store import TeacherStore  # noqa: E402
-from explorer.train import TrainConfig, Trainer  # noqa: E402
-from explorer.views import mark_origin, stored_view_logits  # noqa: E402
+from explorer.teachers.store import TeacherStore  # noqa: E402
+from explorer.config import TrainConfig  # noqa: E402
+from explorer.training.loop import Trainer
+from explorer.teachers.views import StoredTeacher, stored_view_logits  # noqa: E402
 
 TEACHERS = ("resnet20", "resnet56", "resnet110")
 STUDENT = "resnet8"
@@ -68,7 +69,7 @@ def bench_teacher(arch: str, splits, views: int, reps: int, device, store: Teach
     start = time.perf_counter()
     stored_view_logits(store, key, 1, teacher, splits.train_x, views, True, splits.num_classes)
     load_s = time.perf_counter() - start
-    mark_origin(teacher, store, key, 1)  # as a teacher loaded from the store: trainers read its table
+    teacher = StoredTeacher(teacher, store, key, 1)  # as a teacher from the store: trainers read its table
 
     def cfg(method, v):
         return TrainConfig(STUDENT, epochs=reps + 1, method=method, views=v, schedule="constant", seed=0)
@@ -76,7 +77,7 @@ def bench_teacher(arch: str, splits, views: int, reps: int, device, store: Teach
     trainers = {"ce": Trainer(cfg("ce", views), splits, device),
                 "kd_live": Trainer(cfg("kd", 0), splits, device, teacher=teacher),
                 "kd_cached": Trainer(cfg("kd", views), splits, device, teacher=teacher)}
-    assert trainers["kd_cached"].teacher_train_logits is not None and trainers["kd_live"].teacher_train_logits is None
+    assert trainers["kd_cached"].signal.views is not None and trainers["kd_live"].signal.views is None
     seconds = {k: [] for k in trainers}
     for rep in range(reps + 1):  # the first round warms up
         for name, tr in trainers.items():

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.shapes import CIFAR10_TRAIN, splits_of  # noqa: E402
 from explorer.methods import kd_kl  # noqa: E402
 from explorer.models import build_model  # noqa: E402
-from explorer.train import TrainConfig, Trainer  # noqa: E402
+from explorer.config import TrainConfig  # noqa: E402
+from explorer.training.loop import Trainer
 
 SETTINGS = {
     # name: dataset, image side (None: as loaded), training samples (None: as loaded), teacher, student, batch size

@@ -36,10 +36,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.data import DATASETS, DataSpec, load_splits, register_dataset  # noqa: E402
-from explorer.recipe import TeacherRecipe  # noqa: E402
-from explorer.store import TeacherStore  # noqa: E402
-from explorer.train import TrainConfig, Trainer  # noqa: E402
+from explorer.data.condition import DataSpec  # noqa: E402
+from explorer.data.registry import DATASETS, register_dataset
+from explorer.data.splits import load_splits
+from explorer.teachers.recipe import TeacherRecipe  # noqa: E402
+from explorer.teachers.store import TeacherStore  # noqa: E402
+from explorer.training.build import ensure_teacher
+from explorer.config import TrainConfig  # noqa: E402
+from explorer.training.loop import Trainer
 
 VIEWS = (4, 16, 0)  # 0 = live augmentation ("all")
 TEACHER, STUDENT, T, ALPHA = "resnet20", "resnet8", 4.0, 0.9
@@ -72,7 +76,7 @@ def study(data: DataSpec, seeds: list[int], epochs: int, teacher_epochs: int, ro
     splits = load_splits(data)
     store = TeacherStore(root)
     start = time.perf_counter()
-    rec, _ = store.ensure(TeacherRecipe(data, TrainConfig(TEACHER, epochs=teacher_epochs, seed=0)), splits=splits,
+    rec, _ = ensure_teacher(store, TeacherRecipe(data, TrainConfig(TEACHER, epochs=teacher_epochs, seed=0)), splits=splits,
                           device=device)
     teacher_s = time.perf_counter() - start
     runs = {v: {} for v in VIEWS}
@@ -80,7 +84,7 @@ def study(data: DataSpec, seeds: list[int], epochs: int, teacher_epochs: int, ro
     setup = {v: [] for v in VIEWS}
     for seed in seeds:
         for v in VIEWS:  # interleaved, so machine load hits every V alike
-            model, _ = store.load_model(rec.key)
+            model, _ = store.teacher(rec.key)  # its table is kept in the store (the first seed of a V builds it)
             cfg = TrainConfig(STUDENT, epochs=epochs, seed=seed, method="kd", views=v,
                               method_params={"temperature": T, "alpha": ALPHA})
             start = time.perf_counter()

@@ -7,14 +7,14 @@ and validators.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Callable
+from typing import Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from .augment import DISTINCT_VIEWS
-from .errors import KdxError, pydantic_sentence
-from .methods import check_method_params
-
+from explorer.data.augment import DISTINCT_VIEWS
+from explorer.errors import KdxError, pydantic_sentence
+from explorer.fields import Seed, Strict
+from explorer.methods import check_method_params
 
 # ---------------------------------------------------------------- learning-rate schedules
 # Each maps (config, epochs already completed) to the LR multiplier.
@@ -46,16 +46,10 @@ SCHEDULES: dict[str, Callable[["Recipe", int], float]] = {
 }
 
 
-# Fixed teacher views per sample by default (explorer/views.py has the trade-off and the measurements).
+# Fixed teacher views per sample by default (explorer/teachers/views.py has the trade-off and the measurements).
 DEFAULT_VIEWS = 16
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# A seed every generator kdx seeds accepts (numpy's legacy seeding stops at 2**32 - 1).
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Recipe(Strict):
@@ -76,7 +70,7 @@ class Recipe(Strict):
         f"at most {DISTINCT_VIEWS} (every crop)"))
 
     # PGD-k adversarial training (seed 003 section 4.4; Madry et al. 2018): each batch the model trains on
-    # is replaced by L-inf PGD examples made on the model itself (explorer/adversarial.py); the teacher's
+    # is replaced by L-inf PGD examples made on the model itself (explorer/training/adversarial.py); the teacher's
     # outputs stay on the clean batch (seed 003 eqs. 6-7). eps and step are in units of the [0, 1] pixel
     # range; seed 003 gives no values: 8/255 and 2/255 are Madry et al.'s CIFAR-10 setting.
     adversarial_steps: int = Field(0, ge=0, le=1000, description=(

@@ -39,7 +39,7 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
-from .errors import bad_value
+from explorer.errors import bad_value
 
 __all__ = ["Storage", "TEMP_MARK", "is_local"]
 
@@ -49,6 +49,11 @@ TEMP_MARK = ".tmp-"
 _LOCAL_SCHEMES = ("file", "local")  # the URI schemes pyarrow serves with LocalFileSystem
 _PROCESS_LOCKS: dict[str, threading.Lock] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+class TeacherStoreWarning(UserWarning):
+    """A broken file in the teacher store (it is rebuilt, never used), or a store without a
+    cross-process lock."""
 
 
 def is_local(root: str) -> bool:

@@ -31,8 +31,18 @@ KIND_SEARCH, KIND_BASELINE, KIND_CONFIRM = "search", "baseline", "confirm"
 
 NO_TEACHER = "none"
 
-from .config import Recipe  # noqa: E402
-from .methods import hparam_names  # noqa: E402
+
+def latest_search(client, experiment_id: str | None):
+    """The experiment's latest parent run (tag `kdx.role=search`, by start time), or None: the search a
+    confirmation joins, a resumed search reopens and the analysis reads (`client`: an MlflowClient)."""
+    if experiment_id is None:
+        return None
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if len(runs) else None
+
+from explorer.config import Recipe  # noqa: E402
+from explorer.methods import hparam_names  # noqa: E402
 
 # Params of every trial run (strings in MLflow; analysis converts them back): these identity and
 # derived params, then every method hyperparameter the registry declares ("none" where the trial's
@@ -68,7 +78,7 @@ DERIVED_PARAMS = ("student_params", "teacher_params", "capacity_ratio", "teacher
 # previous report, oldest first (trainables/student.py batches reports, `search.report_seconds`).
 EARLIER_EPOCHS = "earlier_epochs"
 
-# Per-epoch metrics (step = epoch, 1-based) produced by explorer.train.Trainer.
+# Per-epoch metrics (step = epoch, 1-based) produced by explorer.training.loop.Trainer.
 EPOCH_METRICS = (
     "train_loss", "train_ce", "train_kd", "val_acc", "val_loss", "test_acc", "test_loss",
     "kd_agreement", "teacher_val_acc", "epoch_seconds", "eval_seconds", "samples_per_second", "lr", "stage",

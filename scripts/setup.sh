@@ -18,6 +18,6 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
 fi
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
-# The flag rows kdx's parsers read instead of importing torch (explorer/flags.py): derived now, once per
+# The flag rows kdx's parsers read instead of importing torch (explorer/cli/flags.py): derived now, once per
 # source change, so that the first bad flag a user types is answered as fast as the rest.
-"$VENV/bin/python" -c "from explorer.flags import flag_rows; flag_rows()"
+"$VENV/bin/python" -c "from explorer.cli.flags import flag_rows; flag_rows()"

@@ -1,6 +1,6 @@
 """Shared check for exact resume: an unbroken run vs one stopped after epoch 1 and restored."""
 
-from explorer.train import Trainer
+from explorer.training.loop import Trainer
 
 
 def full_and_resumed(cfg, splits, teacher=None):

@@ -1,6 +1,6 @@
 """Adversarial training (seed 003 section 4.4) and robust accuracy, against closed-form results.
 
-The adversary is PGD on the model being trained (explorer/adversarial.py); for a linear binary model its
+The adversary is PGD on the model being trained (explorer/training/adversarial.py); for a linear binary model its
 optimum is known (the eps-ball's corner along w_other - w_y), and so is robust accuracy: a sample
 survives iff its margin exceeds eps * ||w_y - w_other||_1."""
 
@@ -11,13 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.adversarial import make_adversary
-from explorer.attacks import PGD, robust_accuracy
-from explorer.data import DataSpec, load_splits
+from explorer.config import TrainConfig
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
 from explorer.models import build_model
-from explorer.recipe import TeacherRecipe
-from explorer.train import TrainConfig, Trainer
+from explorer.teachers.recipe import TeacherRecipe
+from explorer.training import adversarial
+from explorer.training.adversarial import make_adversary
+from explorer.training.attacks import PGD, robust_accuracy
+from explorer.training.loop import Trainer
 
 rng = np.random.default_rng(5)
 
@@ -43,7 +46,7 @@ def test_the_adversary_is_pgd_k_at_the_recipe_settings():
     got = adversary(linear(w, b), torch.tensor(x, dtype=torch.float32), torch.tensor(y), torch.Generator().manual_seed(0))
     want = np.clip(x + 0.05 * np.sign(w[1 - y] - w[y]), 0, 1)  # 12 x 0.01 > 2 x 0.05: the corner is reached
     np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
-    assert make_adversary(TrainConfig("mlp_8x1"), splits) is None  # off by default
+    assert make_adversary(TrainConfig("mlp_8x1"), splits) is adversarial.clean  # off by default: the clean batch
 
 
 def test_robust_accuracy_of_a_linear_model_is_its_margin_test():
@@ -76,7 +79,7 @@ def test_the_student_trains_on_x_prime_while_the_teacher_sees_the_clean_batch(se
     cfg = TrainConfig("cnn1d_w4", epochs=1, method="kd", adversarial_steps=3, batch_size=128)
     tr = Trainer(cfg, seq, device="cpu", teacher=teacher)
     seen = {"teacher": [], "attacked": [], "student": []}
-    attack, outputs = tr.adversary, tr._teacher_outputs
+    attack, outputs = tr.adversary, tr.signal.outputs
 
     def adversary(model, x, y, g):
         out = attack(model, x, y, g)
@@ -87,7 +90,7 @@ def test_the_student_trains_on_x_prime_while_the_teacher_sees_the_clean_batch(se
         seen["teacher"].append((xb.clone(), idx))
         return outputs(xb, idx)
 
-    tr.adversary, tr._teacher_outputs = adversary, teacher_outputs
+    tr.adversary, tr.signal.outputs = adversary, teacher_outputs
     tr.model.register_forward_hook(lambda m, inp, out: seen["student"].append(inp[0]) if m.training else None)
     tr.train_epoch()
     assert len(seen["attacked"]) == len(seen["teacher"]) == len(seen["student"]) == 2

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.attacks import PGD, pgd, pixel_box, transfer_rate
+from explorer.training.attacks import PGD, pgd, pixel_box, transfer_rate
 
 rng = np.random.default_rng(3)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from explorer.axes import set_path
+from explorer.spec.axes import set_path
 from explorer.errors import KdxError
-from explorer.spec import load_spec, parse_spec
+from explorer.spec.search import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "tests" / "bad_specs"

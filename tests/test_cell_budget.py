@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from explorer.errors import KdxError
-from explorer.spec import parse_spec
+from explorer.spec.search import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 KDX = str(Path(sys.executable).with_name("kdx"))

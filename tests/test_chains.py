@@ -5,9 +5,10 @@ import json
 import pytest
 
 from explorer.errors import KdxError
-from explorer.spec import parse_spec
-from explorer.teachers import parse_teacher, teacher_kind
-from explorer.store import TeacherStore
+from explorer.spec.search import parse_spec
+from explorer.teachers.entries import parse_teacher, teacher_kind
+from explorer.teachers.store import TeacherStore
+from explorer.training.build import ensure_teacher
 from trainables.plan import make_plan
 
 
@@ -88,14 +89,14 @@ def test_takd_chain_and_generations_build_each_teacher_once(tmp_path):
     store = TeacherStore(str(tmp_path))
     with pytest.raises(KdxError, match="parent_key: got .*build the parent first"):
         chained = next(r for r in plan.recipes.values() if r.parent_key)
-        store.ensure(chained, [])
+        ensure_teacher(store, chained, [])
     built = []
     for key, recipe in plan.recipes.items():  # the plan lists parents before children
-        rec, was_built = store.ensure(recipe, plan.stops[key])
+        rec, was_built = ensure_teacher(store, recipe, plan.stops[key])
         built.append(was_built)
         assert rec.key == key
     assert built == [True] * 4  # w8, w4<w8, w4, w4^1
-    assert [store.ensure(r, plan.stops[k])[1] for k, r in plan.recipes.items()] == [False] * 4
+    assert [ensure_teacher(store, r, plan.stops[k])[1] for k, r in plan.recipes.items()] == [False] * 4
     for key, recipe in plan.recipes.items():
         on_disk = json.loads((tmp_path / key / "recipe.json").read_text())["recipe"]
         assert on_disk["parent_key"] == recipe.parent_key

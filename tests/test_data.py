@@ -1,4 +1,4 @@
-"""Tests for explorer/data.py, explorer/datasets.py and explorer/augment.py: splits, conditions,
+"""Tests for explorer/data/condition.py, explorer/data/registry.py and explorer/data/augment.py: splits, conditions,
 datasets (and their registry) and augmentation.
 
 Expected values are computed here independently (numpy, explicit slicing), not with the
@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import datasets as DS
-from explorer.data import (
-    DATASETS, DataCondition, DataSpec, Splits, augment_batch, dataset_names, load_splits, register_dataset,
-)
+from explorer.data import builtin
+from explorer.data import registry as DS
+from explorer.data.augment import augment_batch
+from explorer.data.condition import DataCondition, DataSpec
+from explorer.data.registry import DATASETS, dataset_names, register_dataset
+from explorer.data.splits import Splits, load_splits
 from explorer.errors import KdxError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -41,7 +43,8 @@ def test_registry_and_names():
 def test_register_dataset_plugin(monkeypatch):
     # a plugin registers where it is defined and goes through the same load_splits as the built-ins
     monkeypatch.setattr(DS, "DATASETS", dict(DS.DATASETS))  # keep the real registry untouched
-    monkeypatch.setattr("explorer.data.DATASETS", DS.DATASETS)
+    for module in ("explorer.data.condition", "explorer.data.splits"):  # the modules that look datasets up
+        monkeypatch.setattr(f"{module}.DATASETS", DS.DATASETS)
 
     @DS.register_dataset("toy3", "three classes of constant vectors", 3, (1, 5))
     def _toy(spec):
@@ -274,7 +277,7 @@ def test_mnist1d_shapes_and_cache(mnist1d_dir, monkeypatch):
     assert len(files) == 1 and not list(d.glob("*.tmp"))
     assert files[0].stat().st_mode & 0o044 == 0o044  # readable by others (shared cache)
     # the second load must come from the cache: generation is disabled
-    monkeypatch.setattr(DS, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
+    monkeypatch.setattr(builtin, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
     t0 = time.perf_counter()
     s2 = load_splits(DataSpec("mnist1d", data_dir=str(d)))
     assert time.perf_counter() - t0 < 1.0
@@ -304,7 +307,7 @@ def test_mnist1d_default_cache_dir_from_env(mnist1d_dir, tmp_path, monkeypatch):
     src = next(d.glob("mnist1d_*.npz"))
     (tmp_path / src.name).write_bytes(src.read_bytes())
     monkeypatch.setenv("KDX_CACHE", str(tmp_path))
-    monkeypatch.setattr(DS, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
+    monkeypatch.setattr(builtin, "_generate_mnist1d", lambda args: (_ for _ in ()).throw(AssertionError("regenerated")))
     s2 = load_splits(DataSpec("mnist1d"))
     assert torch.equal(s2.test_x, s.test_x)
 

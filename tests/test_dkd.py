@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from explorer.methods import LossInputs, get_method, kd_kl
-from explorer.spec import parse_spec
+from explorer.spec.search import parse_spec
 from explorer.tracking import TRIAL_PARAMS
 from kdx.cli import main
 

@@ -1,4 +1,4 @@
-"""Tests for explorer/features.py: feature roles per family, FeatureTap hooks, forward_with_features.
+"""Tests for explorer/models/features.py: feature roles per family, FeatureTap hooks, forward_with_features.
 
 The reference features are computed here by hand from each family's modules (the forward as the
 architecture defines it), not with the roles under test, so a role pointing at the wrong module
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer import features as FT
 from explorer.errors import KdxError
-from explorer.features import FEATURE_ROLES, FeatureTap, feature_paths, feature_roles, forward_with_features
-from explorer.models import CNN1d, MLP, CifarResNet, MultiBranch, WideResNet, build_model
+from explorer.models import MLP, CifarResNet, CNN1d, MultiBranch, WideResNet, build_model
+from explorer.models import features as FT
+from explorer.models.features import FEATURE_ROLES, FeatureTap, feature_paths, feature_roles, forward_with_features
 
 FAMILIES = [
     ("resnet8", (3, 16, 16)),

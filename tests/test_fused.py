@@ -1,4 +1,4 @@
-"""Fused training of several seeds as one model (explorer/fused.py): a fused member is its solo run.
+"""Fused training of several seeds as one model (explorer/training/fused.py): a fused member is its solo run.
 
 The reference is always the solo `Trainer` with the member's seed, trained separately: after the same
 epochs a fused member's weights, batch-norm statistics and metrics must equal the solo run's within
@@ -12,12 +12,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from explorer.data import DataSpec, load_splits
+from explorer.config import TrainConfig
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.fused import check_member_losses, fuse_models, fuse_problem, member_losses
 from explorer.methods import ALPHA, METHODS, LossInputs, Method, get_method
 from explorer.models import build_model
-from explorer.train import TrainConfig, Trainer
+from explorer.training.fused import check_member_losses, fuse_models, fuse_problem, member_losses
+from explorer.training.loop import Trainer
 
 SEEDS = [3, 7, 11]
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -271,7 +273,7 @@ def test_fusing_checks_the_forward_of_every_member():
 def test_a_model_that_needs_3d_conv_outputs_fuses_with_plain_grouped_convs():
     """GroupedConv1d hands on (B, C, 1, L) channels-last on CPU; a model whose own code averages over dim 2
     after a conv cannot take that, so it gets plain grouped Conv1d and still equals its members."""
-    from explorer.fused import GroupedConv1d
+    from explorer.training.fused import GroupedConv1d
 
     class Pooled(_ConvThenLinear):
         def forward(self, x):

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from analysis.generations import ROWS, compare_generations, generation_plan
-from kdx.cli import main
-from explorer.data import load_splits
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.spec import parse_spec
-from explorer.store import TeacherStore
+from explorer.spec.search import parse_spec
+from explorer.teachers.store import TeacherStore
+from explorer.training.build import ensure_teacher
+from kdx.cli import main
 
 SPEC = {
     "name": "gens_tiny",
@@ -33,7 +34,7 @@ def built(tmp_path_factory):
     plan, keys = generation_plan(spec, root)
     store = TeacherStore(root)
     for key, recipe in plan.recipes.items():  # parents before children
-        store.ensure(recipe, plan.stops[key], device="cpu")
+        ensure_teacher(store, recipe, plan.stops[key], device="cpu")
     return spec, root, plan, keys
 
 

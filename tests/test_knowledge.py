@@ -19,13 +19,14 @@ from scipy import stats
 
 from analysis.knowledge import knowledge_table, knowledge_words
 from explorer.config import TrainConfig
-from explorer.data import DataSpec, load_splits
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
 from explorer.methods import LossInputs, get_method
 from explorer.methods.altered import SCHEMES, SUBSETS, altered_target, subset_mask
 from explorer.models import build_model
-from explorer.spec import load_spec, parse_spec
-from explorer.train import Trainer
+from explorer.spec.search import load_spec, parse_spec
+from explorer.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 KDX = str(Path(sys.executable).with_name("kdx"))

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.config import TrainConfig
-from explorer.data import DataSpec, load_splits
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.methods import METHODS, TEMPERATURE, LossInputs, Method, register
 from explorer.models import build_model, count_params
-from explorer.evaluation import predict_logits
-from explorer.train import Trainer
+from explorer.training.evaluation import predict_logits
+from explorer.training.loop import Trainer
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from resume import full_and_resumed
 
-from kdx.cli import main
-from explorer.data import DataSpec, load_splits
+from explorer.config import TrainConfig
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
 from explorer.methods import METHODS, LossInputs, get_method
-from explorer.train import TrainConfig, Trainer
-from resume import full_and_resumed
+from explorer.training.loop import Trainer
+from kdx.cli import main
 
 
 def softmax(z):

@@ -13,13 +13,15 @@ import torch
 import yaml
 
 from explorer.config import TrainConfig
-from explorer.data import DataCondition, DataSpec, load_splits, parse_dataset, power_law_counts
-from explorer.datasets import check_data_present
+from explorer.data.condition import DataCondition, DataSpec, power_law_counts
+from explorer.data.mnist import MEAN, STD, TRAIN_COUNTS
+from explorer.data.registry import check_data_present
+from explorer.data.section import parse_dataset
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.mnist import MEAN, STD, TRAIN_COUNTS
-from explorer.recipe import TeacherRecipe
-from explorer.spec import load_spec, parse_spec
-from explorer.train import Trainer
+from explorer.spec.search import load_spec, parse_spec
+from explorer.teachers.recipe import TeacherRecipe
+from explorer.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "specs" / "seed003_omitted_small.yaml"

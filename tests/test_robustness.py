@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from procs import descendants, free_port, mlflow_server, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,8 +164,8 @@ BEFORE_IMPORTS = ("import sys\nfrom kdx.cli import main\ntry:\n    code = main(s
 ])
 def test_argument_errors_are_one_sentence_before_torch_ray_or_mlflow(tmp_path, argv, starts):
     """Flags, commands and the spec's path are checked before torch, Ray or MLflow is imported (the flags
-    that derive from the recipe, the dataset section and the methods come from explorer/flags.py's rows)."""
-    from explorer.flags import CACHE, flag_rows, source_key
+    that derive from the recipe, the dataset section and the methods come from explorer/cli/flags.py's rows)."""
+    from explorer.cli.flags import CACHE, flag_rows, source_key
 
     flag_rows()  # the rows are cached (a fresh checkout computes them once, importing torch that time)
     assert json.loads(CACHE.read_text())["key"] == source_key()
@@ -179,7 +178,7 @@ def test_argument_errors_are_one_sentence_before_torch_ray_or_mlflow(tmp_path, a
 
 def test_the_cached_flag_rows_are_the_definitions_own(tmp_path, monkeypatch):
     """The rows are a copy of the definitions, recomputed when the cache's key is not the sources' hash."""
-    from explorer import flags
+    from explorer.cli import flags
 
     computed = json.loads(json.dumps(flags.compute_rows()))
     assert {r["name"] for r in computed["hparams"]} >= {"temperature", "alpha", "kd_stop_epoch"}
@@ -268,37 +267,39 @@ def test_a_killed_build_is_listed_verified_and_collected(tmp_path):
 
 
 def test_a_runs_owner_is_decided_by_pid_here_and_by_heartbeat_elsewhere():
-    from trainables import connect
+    from trainables.tracking import owners
 
-    assert connect._owner_state(connect.owner_tags()) == "alive"
+    assert owners._owner_state(owners.owner_tags()) == "alive"
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = connect.owner_tags() | {connect.OWNER_PID_TAG: str(gone.pid)}
-    assert connect._owner_state(dead) == "dead"
+    dead = owners.owner_tags() | {owners.OWNER_PID_TAG: str(gone.pid)}
+    assert owners._owner_state(dead) == "dead"
     now = int(time.time())
-    other = {connect.OWNER_HOST_TAG: "another-host", connect.OWNER_PID_TAG: "1"}
-    assert connect._owner_state(other | {connect.HEARTBEAT_TAG: str(now)}) == "unknown"
-    assert connect._owner_state(other | {connect.HEARTBEAT_TAG: str(now - 3600)}) == "dead"
-    assert connect._owner_state({}) == "unknown"  # a run of an older kdx: left alone
+    other = {owners.OWNER_HOST_TAG: "another-host", owners.OWNER_PID_TAG: "1"}
+    assert owners._owner_state(other | {owners.HEARTBEAT_TAG: str(now)}) == "unknown"
+    assert owners._owner_state(other | {owners.HEARTBEAT_TAG: str(now - 3600)}) == "dead"
+    assert owners._owner_state({}) == "unknown"  # a run of an older kdx: left alone
 
 
-def test_the_heartbeat_renews_open_runs_on_a_tracking_server(tmp_path, monkeypatch):
+def test_the_heartbeat_renews_open_runs_on_a_tracking_server(tmp_path):
+    """Only this process's RUNNING runs of the experiment are renewed: the store says which (no list
+    of open runs is kept); another process's run and an ended run of ours keep their heartbeat."""
     from mlflow.tracking import MlflowClient
 
-    from trainables import connect
+    from trainables.tracking import owners
 
     with mlflow_server(tmp_path, wait_s=240) as uri:
         client = MlflowClient(tracking_uri=uri)
-        run = client.create_run(client.create_experiment("beat"), tags=connect.owner_tags() | {
-            connect.HEARTBEAT_TAG: "1"})
-        monkeypatch.setattr(connect, "HEARTBEAT_EVERY_S", 0.2)
-        connect.OPEN_RUNS.add(run.info.run_id)
-        try:
-            with connect.heartbeat(uri):
-                deadline = time.time() + 30
-                while time.time() < deadline and client.get_run(run.info.run_id).data.tags[connect.HEARTBEAT_TAG] == "1":
-                    time.sleep(0.3)
-        finally:
-            connect.OPEN_RUNS.discard(run.info.run_id)
-        beat = int(client.get_run(run.info.run_id).data.tags[connect.HEARTBEAT_TAG])
+        exp_id = client.create_experiment("beat")
+        stale = {owners.HEARTBEAT_TAG: "1"}
+        mine = client.create_run(exp_id, tags=owners.owner_tags() | stale).info.run_id
+        ended = client.create_run(exp_id, tags=owners.owner_tags() | stale).info.run_id
+        client.set_terminated(ended, "FINISHED")
+        theirs = client.create_run(exp_id, tags=owners.owner_tags() | stale | {owners.OWNER_PID_TAG: "1"}).info.run_id
+        with owners.heartbeat(uri, exp_id, every_s=0.2):
+            deadline = time.time() + 30
+            while time.time() < deadline and client.get_run(mine).data.tags[owners.HEARTBEAT_TAG] == "1":
+                time.sleep(0.3)
+        beat = int(client.get_run(mine).data.tags[owners.HEARTBEAT_TAG])
         assert time.time() - beat < 60
+        assert [client.get_run(r).data.tags[owners.HEARTBEAT_TAG] for r in (ended, theirs)] == ["1", "1"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from explorer.spec import load_spec
+from explorer.spec.search import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 KDX = str(Path(sys.executable).with_name("kdx"))

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdx.cli import main
 from explorer.errors import KdxError
-from explorer.spec import load_spec, parse_spec
+from explorer.spec.search import load_spec, parse_spec
+from kdx.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "searches" / "quickstart.yaml").read_text())

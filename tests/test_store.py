@@ -1,4 +1,4 @@
-"""Tests for explorer.store: keys, build-once, extension by stop epochs, checksums, safe loading, locking.
+"""Tests for explorer.teachers.store: keys, build-once, extension by stop epochs, checksums, safe loading, locking.
 
 Everything here is real: real training (tiny MLPs on the bundled 8x8 digits, a few epochs), real
 files, real processes. No Ray (that is tests/test_zoo.py).
@@ -16,11 +16,15 @@ import time
 import pytest
 import torch
 
-from kdx import cli
-from explorer.data import DataCondition, DataSpec, load_splits
+from explorer.config import TrainConfig
+from explorer.data.condition import DataCondition, DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.store import TeacherRecipe, TeacherStore, TeacherStoreWarning, default_store_root
-from explorer.train import TrainConfig, Trainer
+from explorer.storage import TeacherStoreWarning
+from explorer.teachers.store import TeacherRecipe, TeacherStore, default_store_root
+from explorer.training.build import ensure_teacher
+from explorer.training.loop import Trainer
+from kdx import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,11 +115,11 @@ def test_bad_recipes_and_stop_epochs(tmp_path):
     store = TeacherStore(str(tmp_path))
     for bad in (0, 4, -1):
         with pytest.raises(KdxError, match=rf"stop_epochs: got {bad}; allowed: whole numbers from 1 to 3"):
-            store.ensure(recipe(), [bad])
+            ensure_teacher(store, recipe(), [bad])
     with pytest.raises(KdxError, match="method: got 'kd'; allowed for teachers: ce"):
-        store.ensure(recipe(method="kd"), [])
+        ensure_teacher(store, recipe(method="kd"), [])
     with pytest.raises(KdxError, match="input_shape"):
-        store.ensure(recipe(arch="cnn1d_w4"), [])  # 1-D CNN on 8x8 images: refused before any compute
+        ensure_teacher(store, recipe(arch="cnn1d_w4"), [])  # 1-D CNN on 8x8 images: refused before any compute
     assert os.listdir(tmp_path) == []
 
 
@@ -126,7 +130,7 @@ def test_same_recipe_is_built_once(tmp_path):
     store = TeacherStore(str(tmp_path))
     r = recipe()
     calls, on_epoch = counter()
-    rec, built = store.ensure(r, [1], on_epoch=on_epoch)
+    rec, built = ensure_teacher(store, r, [1], on_epoch=on_epoch)
     assert built and calls == [1, 2, 3]
     assert rec.key == r.key() and rec.stop_epochs == [1, 3] and rec.arch == "mlp_32x1"
     assert rec.params > 0 and rec.num_classes == 10 and rec.input_shape == (1, 8, 8)
@@ -140,7 +144,7 @@ def test_same_recipe_is_built_once(tmp_path):
     # A second store object on the same root (another process would see the same): nothing trained.
     again, calls2 = TeacherStore(str(tmp_path)), []
     t0 = time.perf_counter()
-    rec2, built2 = again.ensure(recipe(data_dir="/elsewhere"), [1], on_epoch=lambda e, m: calls2.append(e))
+    rec2, built2 = ensure_teacher(again, recipe(data_dir="/elsewhere"), [1], on_epoch=lambda e, m: calls2.append(e))
     assert time.perf_counter() - t0 < 2.0
     assert not built2 and calls2 == []
     assert {e: c["sha256"] for e, c in rec2.checkpoints.items()} == {e: c["sha256"] for e, c in rec.checkpoints.items()}
@@ -160,13 +164,13 @@ def test_same_recipe_is_built_once(tmp_path):
 def test_stop_epoch_checkpoints_equal_an_independent_run_and_extension_reuses(tmp_path):
     store = TeacherStore(str(tmp_path))
     r = recipe(epochs=4)
-    rec, built = store.ensure(r, [2])
+    rec, built = ensure_teacher(store, r, [2])
     assert built and rec.stop_epochs == [2, 4]
     folder = tmp_path / rec.key
     before = {e: (os.stat(folder / f"ckpt_e{e}.pt").st_mtime_ns, sha(folder / f"ckpt_e{e}.pt")) for e in (2, 4)}
 
     calls, on_epoch = counter()
-    rec2, built2 = store.ensure(r, [1, 3], on_epoch=on_epoch)
+    rec2, built2 = ensure_teacher(store, r, [1, 3], on_epoch=on_epoch)
     assert built2 and rec2.stop_epochs == [1, 2, 3, 4]
     # epoch 1 from scratch; epoch 3 resumed from the kept epoch-2 state: two epochs trained in all
     assert calls == [1, 3]
@@ -222,7 +226,7 @@ def _replace_checkpoint(store_dir, key, epoch, obj):
 def test_truncated_checkpoint_is_reported_and_rebuilt(tmp_path):
     store = TeacherStore(str(tmp_path))
     r = recipe()
-    rec, _ = store.ensure(r, [1])
+    rec, _ = ensure_teacher(store, r, [1])
     path = tmp_path / rec.key / "ckpt_e3.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -239,7 +243,7 @@ def test_truncated_checkpoint_is_reported_and_rebuilt(tmp_path):
     assert store.verify() == problems  # never mistaken for a checkpoint
     calls, on_epoch = counter()
     with pytest.warns(TeacherStoreWarning, match="ckpt_e3.pt: checksum mismatch"):
-        rec2, built = store.ensure(r, [1], on_epoch=on_epoch)
+        rec2, built = ensure_teacher(store, r, [1], on_epoch=on_epoch)
     assert built and calls == [2, 3]  # resumed from the intact epoch-1 checkpoint
     assert not leftover.exists()  # cleaned up under the lock
     assert store.verify() == []
@@ -255,7 +259,7 @@ def test_truncated_checkpoint_is_reported_and_rebuilt(tmp_path):
     with pytest.warns(TeacherStoreWarning, match="manifest.json is unreadable"):
         assert store.get(rec.key) is None
     with pytest.warns(TeacherStoreWarning):
-        rec3, built3 = store.ensure(r, [1])
+        rec3, built3 = ensure_teacher(store, r, [1])
     assert built3 and rec3.stop_epochs == [1, 3] and store.verify() == []
 
 
@@ -265,7 +269,7 @@ def test_truncated_checkpoint_is_reported_and_rebuilt(tmp_path):
 def test_pickled_objects_are_refused(tmp_path, make):
     store_dir = tmp_path / "store"
     store = TeacherStore(str(store_dir))
-    rec, _ = store.ensure(recipe(epochs=1), [])
+    rec, _ = ensure_teacher(store, recipe(epochs=1), [])
     marker = tmp_path / "pwned"
     _replace_checkpoint(store_dir, rec.key, 1, make(marker))
     assert store.verify() == []  # the checksum matches: only the safe loader can catch it
@@ -284,7 +288,7 @@ def test_load_model_errors(tmp_path):
     store = TeacherStore(str(tmp_path))
     with pytest.raises(KdxError, match=r"teacher 0123456789abcdef: not in the store"):
         store.load_model("0123456789abcdef")
-    rec, _ = store.ensure(recipe(epochs=2), [])
+    rec, _ = ensure_teacher(store, recipe(epochs=2), [])
     with pytest.raises(KdxError, match=r"no checkpoint at epoch 1 \(kept: 2\); add it with `kdx teachers build "
                                        r".*--stop-epochs 1"):
         store.load_model(rec.key, 1)
@@ -297,14 +301,14 @@ def test_pyarrow_uri_store_has_the_same_layout(tmp_path):
     uri = "file://" + str(tmp_path / "bucket")
     store = TeacherStore(uri)
     assert store.root == uri and not store.root.endswith("/")
-    rec, built = store.ensure(recipe(epochs=2), [1])
+    rec, built = ensure_teacher(store, recipe(epochs=2), [1])
     assert built and rec.stop_epochs == [1, 2]
     assert store.verify() == [] and [t.key for t in store.list()] == [rec.key]
     model, info = store.load_model(rec.key, 1)
     assert info["sha256"] == sha(tmp_path / "bucket" / rec.key / "ckpt_e1.pt")
     # The same directory read as a plain path: same teacher, nothing left under a temporary name.
     plain = TeacherStore(str(tmp_path / "bucket"))
-    assert plain.ensure(recipe(epochs=2), [1])[1] is False
+    assert ensure_teacher(plain, recipe(epochs=2), [1])[1] is False
     assert not [n for n in os.listdir(tmp_path / "bucket" / rec.key) if ".tmp-" in n]
     (tmp_path / "bucket" / rec.key / "ckpt_e2.pt").write_bytes(b"garbage")
     assert len(store.verify()) == 1 and "ckpt_e2.pt: checksum mismatch" in store.verify()[0]
@@ -320,9 +324,10 @@ def test_default_store_root_is_absolute(tmp_path, monkeypatch):
 
 _ASKER = textwrap.dedent("""
     import json, os, sys, time
-    from explorer.data import DataSpec
-    from explorer.store import TeacherRecipe, TeacherStore
-    from explorer.train import TrainConfig
+    from explorer.data.condition import DataSpec
+    from explorer.teachers.store import TeacherRecipe, TeacherStore
+    from explorer.training.build import ensure_teacher
+    from explorer.config import TrainConfig
 
     root, marker, ready, go = sys.argv[1:5]
     recipe = TeacherRecipe(DataSpec("digits"), TrainConfig("mlp_32x1", epochs=4, lr=0.05, batch_size=16,
@@ -336,7 +341,7 @@ _ASKER = textwrap.dedent("""
         with open(marker, "a") as f:
             f.write(f"{os.getpid()} {epoch}\\n")
 
-    record, built = store.ensure(recipe, [2], on_epoch=on_epoch)
+    record, built = ensure_teacher(store, recipe, [2], on_epoch=on_epoch)
     print(json.dumps({"built": built, "sha": {str(e): c["sha256"] for e, c in record.checkpoints.items()}}))
 """)
 
@@ -392,3 +397,28 @@ def test_kdx_train_takes_the_teacher_from_the_store(tmp_path, capsys):
 
     assert cli.main(argv[:-5] + ["--teacher-stop-epoch", "4", "--store", store]) == 2
     assert "--teacher-stop-epoch: got 4; allowed: a whole number from 1 to 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("train", [
+    TrainConfig("mlp_32x1", epochs=6, seed=3),
+    TrainConfig("mlp_32x1", epochs=6, schedule="multistep", milestones=(2, 4), lr_gamma=0.1, nesterov=True,
+                momentum=0.8, weight_decay=1e-3, batch_size=32),
+    TrainConfig("mlp_32x1", epochs=6, adversarial_steps=2, adversarial_eps=0.05, adversarial_step=0.01),
+])
+def test_the_rebuild_command_builds_the_same_teacher(train):
+    """The hint a broken teacher prints (`build_command`) names every keyed Recipe field, the adversarial
+    ones included: `kdx teachers build` parses it into a recipe with the same key."""
+    import shlex
+
+    from explorer.cli.commands import build_parser, data_spec_from_args, recipe_from_args
+    from explorer.teachers.recipe import build_command
+
+    cli.register("teachers")
+    data = DataSpec("digits", val_fraction=0.2, split_seed=4, condition=DataCondition(label_noise=0.1, omit_classes=(2,)))
+    recipe = TeacherRecipe(data, train)
+    command = build_command(recipe.canonical(), [3])
+    args = build_parser("teachers").parse_args(shlex.split(command)[1:])
+    assert args.stop_epochs == [3] and args.arch == ["mlp_32x1"] and args.seeds == [train.seed]
+    rebuilt = TeacherRecipe(data_spec_from_args(args), recipe_from_args(args, "", args.arch[0], args.seeds[0]))
+    assert rebuilt.canonical() == recipe.canonical()
+    assert ("--adversarial-steps" in command) == bool(train.adversarial_steps)

@@ -5,9 +5,12 @@ import json
 import pytest
 import torch
 
+from explorer.config import SCHEDULES, TrainConfig
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
+from explorer.training.loop import Trainer, load_state, save_state
+from explorer.training.members import Diverged
 from kdx.cli import main
-from explorer.data import DataSpec, load_splits
-from explorer.train import SCHEDULES, Diverged, TrainConfig, Trainer, load_state, save_state
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def test_precomputed_teacher_logits_equal_live_teacher(mnist1d):
     cfg = TrainConfig("cnn1d_w4", epochs=1, method="kd")
     a = Trainer(cfg, mnist1d, "cpu", teacher=teacher.model)
     b = Trainer(cfg, mnist1d, "cpu", teacher=teacher.model)
-    b.teacher_train_logits = None  # force the per-batch teacher path
+    b.signal.views = None  # force the per-batch teacher path
     assert a.run()[0]["train_loss"] == pytest.approx(b.run()[0]["train_loss"], rel=1e-6)
 
 

@@ -1,5 +1,5 @@
 """Fixed augmented views and the teacher's logits on them, computed once per (sample, view) and kept
-in the teacher store (explorer/views.py): determinism, agreement with a live teacher, reuse across
+in the teacher store (explorer/teachers/views.py): determinism, agreement with a live teacher, reuse across
 trials, corruption, concurrent builders, exact resume, and the `views` setting's one definition."""
 
 import json
@@ -13,13 +13,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.augment import DISTINCT_VIEWS, augment_batch
-from explorer.data import DataSpec, load_splits
+from explorer.config import TrainConfig
+from explorer.data.augment import DISTINCT_VIEWS, augment_batch
+from explorer.data.condition import DataSpec
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.recipe import TeacherRecipe
-from explorer.store import TeacherStore, TeacherStoreWarning
-from explorer.train import TrainConfig, Trainer, load_state, save_state
-from explorer.views import TeacherViews, stored_view_logits, view_images, view_params
+from explorer.storage import TeacherStoreWarning
+from explorer.teachers.recipe import TeacherRecipe
+from explorer.teachers.store import TeacherStore
+from explorer.teachers.views import TeacherViews, stored_view_logits, view_images, view_params
+from explorer.training.build import ensure_teacher
+from explorer.training.loop import Trainer, load_state, save_state
 
 ARCH = "mlp_400x1"  # fast on 3x16x16 images
 V = 4
@@ -36,7 +40,7 @@ def fake():
 def built(tmp_path_factory):
     """A teacher store holding one small teacher (its key); each test copies it."""
     root = tmp_path_factory.mktemp("views_store")
-    rec, _ = TeacherStore(str(root)).ensure(TeacherRecipe(DataSpec("fake"), TrainConfig(ARCH, epochs=1, seed=0)))
+    rec, _ = ensure_teacher(TeacherStore(str(root)), TeacherRecipe(DataSpec("fake"), TrainConfig(ARCH, epochs=1, seed=0)))
     return root, rec.key
 
 
@@ -122,9 +126,9 @@ def test_a_second_trial_does_not_run_the_teacher(store, fake):
     st, key = store
     forwards = []
     for trial in range(2):
-        model, _ = st.load_model(key)
-        seen = _counting(model)
-        tr = Trainer(_kd(seed=trial), fake, "cpu", teacher=model)
+        teacher, _ = st.teacher(key)  # told its store entry: its table is read (or written) there
+        seen = _counting(teacher.model)
+        tr = Trainer(_kd(seed=trial), fake, "cpu", teacher=teacher)
         at_start = sum(seen)
         tr.run()
         forwards.append((at_start, sum(seen) - at_start))
@@ -135,12 +139,13 @@ def test_a_second_trial_does_not_run_the_teacher(store, fake):
 
 def test_trainer_gives_the_teachers_logits_of_the_views_it_drew(store, fake):
     st, key = store
-    model, _ = st.load_model(key)
-    tr = Trainer(_kd(), fake, "cpu", teacher=model)
-    assert isinstance(tr.teacher_train_logits, TeacherViews)
+    teacher, _ = st.teacher(key)
+    model = teacher.model
+    tr = Trainer(_kd(), fake, "cpu", teacher=teacher)
+    assert isinstance(tr.signal.views, TeacherViews)
     idx = torch.randperm(300)[:64]
-    xb = tr._augment(fake.train_x[idx], idx)
-    logits, feats = tr._teacher_outputs(xb, idx)
+    xb = tr.batches.images(fake.train_x[idx], idx)
+    logits, feats = tr.signal.outputs(xb, idx)
     with torch.inference_mode():
         live = model(xb).float()
     assert feats is None
@@ -199,21 +204,22 @@ def test_concurrent_builders_build_once(store, fake):
 def test_unaugmented_data_keeps_float32_logits_of_the_plain_set(tmp_path):
     splits = load_splits(DataSpec("digits"))
     st = TeacherStore(str(tmp_path))
-    rec, _ = st.ensure(TeacherRecipe(DataSpec("digits"), TrainConfig(ARCH, epochs=1)))
-    model, _ = st.load_model(rec.key)
+    rec, _ = ensure_teacher(st, TeacherRecipe(DataSpec("digits"), TrainConfig(ARCH, epochs=1)))
+    teacher, _ = st.teacher(rec.key)
+    model = teacher.model
     seen = _counting(model)
-    a = Trainer(_kd(views=16), splits, "cpu", teacher=model)
+    a = Trainer(_kd(views=16), splits, "cpu", teacher=teacher)
     n = len(splits.train_y)
-    assert a.teacher_train_logits.tables[0].dtype == torch.float32 and a.teacher_train_logits.views == 1
+    assert a.signal.views.tables[0].dtype == torch.float32 and a.signal.views.views == 1
     assert sum(seen) == len(splits.val_y) + n  # rated on val, then run once on the training set
     with torch.inference_mode():
         plain = model(splits.train_x).float()
     # the plain logits up to float32 rounding (the table is computed in batches, and the matmul kernels of
     # some CPUs round a 256-row batch differently from the whole set); fp16 would be off by ~1e-3
-    assert torch.allclose(a.teacher_train_logits.tables[0][:, 0], plain, rtol=1e-6, atol=1e-5)
-    model2, _ = st.load_model(rec.key)
-    seen2 = _counting(model2)
-    Trainer(_kd(views=16), splits, "cpu", teacher=model2)
+    assert torch.allclose(a.signal.views.tables[0][:, 0], plain, rtol=1e-6, atol=1e-5)
+    teacher2, _ = st.teacher(rec.key)
+    seen2 = _counting(teacher2.model)
+    Trainer(_kd(views=16), splits, "cpu", teacher=teacher2)
     assert sum(seen2) == len(splits.val_y)  # the second trainer reads the table
 
 
@@ -222,7 +228,7 @@ def test_views_zero_is_live_augmentation(fake):
     teacher = Trainer(TrainConfig(ARCH, epochs=1), fake, "cpu")
     seen = _counting(teacher.model)
     tr = Trainer(_kd(views=0), fake, "cpu", teacher=teacher.model)
-    assert tr.teacher_train_logits is None
+    assert tr.signal.views is None
     before = sum(seen)
     tr.run()
     assert sum(seen) - before == 300  # the teacher ran on every batch
@@ -249,12 +255,12 @@ def test_resume_with_views_is_exact(fake, tmp_path):
 def test_feature_methods_keep_the_live_path(fake):
     t = Trainer(TrainConfig(ARCH, epochs=1), fake, "cpu")
     tr = Trainer(TrainConfig(ARCH, epochs=1, method="sp", views=V), fake, "cpu", teacher=t.model)
-    assert tr.teacher_train_logits is None
+    assert tr.signal.views is None
 
 
 # ---------------------------------------------------------------- the setting, defined once
 def test_views_setting_flows_from_the_recipe():
-    from explorer.flags import compute_rows
+    from explorer.cli.flags import compute_rows
     from explorer.tracking import RECIPE_PARAMS
 
     assert TrainConfig(ARCH).views == 16 and TrainConfig(ARCH, views="live").views == 0

@@ -5,7 +5,7 @@ only this package (models, datasets, train, methods).
 package (kdx/cli.py) imports all three and runs the parser, so `explorer` never imports them.
 Flags are derived from the one definition of each concept: recipe flags from `Recipe`'s fields,
 data flags from the spec's `dataset` section, method flags from the method registry; their rows come
-from explorer/flags.py, so a parser is built (and a flag error refused) before torch is imported.
+from explorer/cli/flags.py, so a parser is built (and a flag error refused) before torch is imported.
 
 Every user-input problem is a `KdxError`, printed as one line (`kdx: error: ...`), exit code 2; so is
 an argument error (argparse's message, with where to find the command's help instead of its usage).
@@ -17,10 +17,12 @@ import argparse
 import json
 import math
 from dataclasses import dataclass
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
-from .errors import KdxError, bad_value
-from .flags import TYPES, add_field_arguments, flag_rows, int_list  # noqa: F401 (int_list: for the commands)
+from explorer.cli.flags import (TYPES, add_field_arguments, flag_rows,  # noqa: F401 (int_list: for the commands)
+                                int_list)
+from explorer.errors import KdxError, bad_value
 
 
 @dataclass
@@ -65,8 +67,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def data_spec_from_args(args: argparse.Namespace):
     """The data flags are named like a spec's `dataset:` fields and checked the same way (the data of an
     on-disk dataset included: there, or to be downloaded there)."""
-    from .data import DatasetSection, parse_dataset
-    from .datasets import check_data_present
+    from explorer.data.registry import check_data_present
+    from explorer.data.section import DatasetSection, parse_dataset
 
     fields = {f: getattr(args, f) for f in DatasetSection.model_fields if f != "name"}
     spec = parse_dataset({"name": args.dataset} | fields)
@@ -115,13 +117,16 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri", timeout_s: float 
 # KdxError. The `kdx` package adds the cluster-address check (trainables), explorer knows no cluster.
 def check_spec_path(path: str) -> str:
     """The SPEC argument (validate, search, generations): a file that exists, checked before any import."""
-    from .spec_file import check_spec_path as check
+    from explorer.spec.file import check_spec_path as check
 
     check(path)
     return path
 
 
-FLAG_CHECKS: dict[str, Callable[[str], object]] = {"spec": check_spec_path, "tracking_uri": check_tracking_uri}
+# The flags every command checks alike (dest -> check); the `kdx` layer adds the ones explorer cannot check
+# (a Ray --address) through `run(..., flag_checks=...)`.
+FLAG_CHECKS: Mapping[str, Callable[[str], object]] = MappingProxyType(
+    {"spec": check_spec_path, "tracking_uri": check_tracking_uri})
 
 
 def print_json(obj) -> None:
@@ -149,7 +154,7 @@ def _models_args(p):
 
 @command("models", "list architectures with their parameter counts", _models_args)
 def cmd_models(args):
-    from .models import build_model, count_params, list_models
+    from explorer.models import build_model, count_params, list_models
 
     rows = []
     for name in list_models():
@@ -170,7 +175,7 @@ def _datasets_args(p):
 
 @command("datasets", "list datasets with their shapes", _datasets_args)
 def cmd_datasets(args):
-    from .data import DATASETS
+    from explorer.data.registry import DATASETS
 
     rows = [{"name": d.name, "num_classes": d.num_classes, "input_shape": list(d.input_shape),
              "augment": d.augment, "description": d.description} for d in DATASETS.values()]
@@ -189,7 +194,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser, prefix: str = "", overrides
 
 
 def recipe_from_args(args, prefix: str, arch: str, seed: int, method: str = "ce", method_params=None):
-    from .config import Recipe, TrainConfig
+    from explorer.config import Recipe, TrainConfig
 
     fields = {f: getattr(args, prefix + f) for f in Recipe.model_fields}
     return TrainConfig(arch=arch, seed=seed, method=method, method_params=method_params or {}, **fields)
@@ -209,7 +214,7 @@ def _methods_args(p):
 
 @command("methods", "list distillation methods with their hyperparameters, defaults and sources", _methods_args)
 def cmd_methods(args):
-    from .methods import METHODS
+    from explorer.methods import METHODS
 
     rows = []
     for m in METHODS.values():
@@ -262,7 +267,7 @@ def refuse(prog: str, message: str):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every registered command (`kdx/cli.py` registers the other layers' first), or of
     the command `only` (its flags alone are built: a flag error never waits for other commands' imports)."""
-    from . import __version__
+    from explorer import __version__
 
     parser = _Parser(prog="kdx", description="Explore knowledge-distillation hyperparameters "
                                      "and the teacher-student capacity gap.")
@@ -278,9 +283,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: list[str] | None = None, only: str | None = None) -> int:
+def run(argv: list[str] | None = None, only: str | None = None,
+        flag_checks: Mapping[str, Callable[[str], object]] | None = None) -> int:
     """Parse and run one command (`only`: build that command's parser alone); user-input problems
-    print one line and return 2."""
+    print one line and return 2. `flag_checks` add to (or replace) `FLAG_CHECKS` for this run."""
     import sys
 
     parser = build_parser(only)
@@ -290,7 +296,7 @@ def run(argv: list[str] | None = None, only: str | None = None) -> int:
     try:
         if args._check is not None:  # the command's own flags first: cheap, and about the command line alone
             args._check(args)
-        for dest, check in FLAG_CHECKS.items():  # every command's --address, --tracking-uri, checked alike
+        for dest, check in (dict(FLAG_CHECKS) | dict(flag_checks or {})).items():  # every command's alike
             if getattr(args, dest, None) is not None:
                 setattr(args, dest, check(getattr(args, dest)))
         return int(args._run(args) or 0)

@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # explorer/: every source file of the core keys the cache
 CACHE = PACKAGE / "__pycache__" / "kdx_flags.json"
 _rows: dict | None = None  # this process's copy
 
@@ -53,7 +53,7 @@ def _field_rows(model) -> list[dict]:
 
 def _hparam_rows() -> list[dict]:
     """One row per method hyperparameter of the registry, with every method's default."""
-    from .methods import hparam_declarations, hparam_names
+    from explorer.methods import hparam_declarations, hparam_names
 
     rows = []
     for name in hparam_names():
@@ -65,8 +65,8 @@ def _hparam_rows() -> list[dict]:
 
 def compute_rows() -> dict:
     """The rows, from the definitions themselves (imports torch)."""
-    from .config import Recipe
-    from .data import DatasetSection
+    from explorer.config import Recipe
+    from explorer.data.section import DatasetSection
 
     return {"recipe": _field_rows(Recipe), "dataset": _field_rows(DatasetSection), "hparams": _hparam_rows()}
 

@@ -12,7 +12,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from .errors import bad_value
+from explorer.errors import bad_value
 
 __all__ = ["AUGMENTATIONS", "CROP_PADDING", "DISTINCT_VIEWS", "augment_batch", "crop_flip"]
 
@@ -20,7 +20,7 @@ __all__ = ["AUGMENTATIONS", "CROP_PADDING", "DISTINCT_VIEWS", "augment_batch", "
 # `augment_batch` to every batch of a dataset that asks for "crop_flip".
 AUGMENTATIONS = ("none", "crop_flip")
 # The training loop's crop padding, and how many distinct crop+flip images it gives per sample:
-# (2p+1)^2 offsets x 2 flips (the most fixed views per sample `explorer.views` can define).
+# (2p+1)^2 offsets x 2 flips (the most fixed views per sample `explorer.teachers.views` can define).
 CROP_PADDING = 4
 DISTINCT_VIEWS = (2 * CROP_PADDING + 1) ** 2 * 2
 
@@ -43,7 +43,7 @@ def _check(x: Tensor, padding: int) -> None:
 def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: int = CROP_PADDING) -> Tensor:
     """The crop at offset (dy_n, dx_n) in 0..2*padding of each REFLECT-padded image, flipped where
     `flip` is true: the one gather that both live augmentation (`augment_batch`) and the fixed views
-    (`explorer.views`) use. The output pixel (h, w) of sample n reads x at the reflected position of
+    (`explorer.teachers.views`) use. The output pixel (h, w) of sample n reads x at the reflected position of
     (dy_n - p + h, dx_n - p + w'), where w' = W - 1 - w when the sample is flipped; no padded copy.
     `dy`, `dx` (integer) and `flip` (bool) have one entry per sample, on x.device."""
     _check(x, padding)

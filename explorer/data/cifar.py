@@ -18,16 +18,13 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .datasets import Loader, normalise_, register_dataset
-from .errors import KdxError, bad_value
-
-if TYPE_CHECKING:
-    from .data import DataSpec
+from explorer.data.condition import DataSpec
+from explorer.data.registry import Loader, normalise_, register_dataset
+from explorer.errors import KdxError, bad_value
 
 
 @dataclass(frozen=True)

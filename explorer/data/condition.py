@@ -1,9 +1,7 @@
-"""Data for kdx: the data conditions (label noise, class imbalance, omitted classes), the DataSpec
-that names the data, and `load_splits`, which turns a DataSpec into train / val / test tensors.
-
-This is the module the rest of kdx imports data things from. The datasets themselves are plugins in
-`explorer.datasets` (re-exported here: `DATASETS`, `dataset_names`, `register_dataset`, `cache_dir`),
-and batched on-device augmentation is `explorer.augment` (`augment_batch`, also re-exported).
+"""The data conditions (label noise, class imbalance, omitted classes) and the DataSpec that names the
+data; `explorer.data.splits.load_splits` turns a DataSpec into train / val / test tensors as described
+here. The datasets are plugins (explorer/data/registry.py); batched on-device augmentation is
+explorer/data/augment.py.
 
 Design
 ------
@@ -63,24 +61,9 @@ import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
-import torch
-from torch import Tensor
-
-from .augment import AUGMENTATIONS, augment_batch
-from .datasets import (
-    DATASETS, DatasetInfo, cache_dir, dataset_names, holdout_counts, register_dataset, stratified_holdout,
-    step_generator, take_first_per_class,
-)
-from pydantic import Field, ValidationError
-
-from .config import Strict
-from .errors import KdxError, bad_value, pydantic_sentence
-
-__all__ = [
-    "DataCondition", "DataSpec", "Splits", "DatasetInfo", "DATASETS", "load_splits", "dataset_names",
-    "register_dataset", "cache_dir", "power_law_counts", "imbalance_counts", "augment_batch", "AUGMENTATIONS",
-    "TEACHER_CONDITIONS",
-]
+from explorer.data.registry import DATASETS, dataset_names
+from explorer.data.sampling import holdout_counts
+from explorer.errors import bad_value
 
 # Bump when a change here alters the data a given DataSpec produces (part of DataSpec.identity()).
 DATA_VERSION = 1
@@ -254,124 +237,3 @@ class DataSpec:
             "condition": self.condition.identity(),
             "data_version": DATA_VERSION,
         }
-
-
-@dataclass
-class Splits:
-    """One dataset's tensors after `load_splits`: the degraded train split (with its labels before
-    noise in `train_clean_y`) and the clean val and test splits, plus what the trainer needs to know."""
-
-    name: str
-    num_classes: int
-    input_shape: tuple[int, ...]
-    augment: str
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    train_clean_y: Tensor
-
-    _TENSORS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "train_clean_y")
-
-    def to(self, device) -> "Splits":
-        """A new Splits with every tensor on `device` (no copy for tensors already there)."""
-        return replace(self, **{k: getattr(self, k).to(device) for k in self._TENSORS})
-
-    def __repr__(self) -> str:
-        return (f"Splits({self.name!r}, classes={self.num_classes}, shape={self.input_shape}, "
-                f"augment={self.augment!r}, train={len(self.train_y)}, val={len(self.val_y)}, "
-                f"test={len(self.test_y)}, device={self.train_x.device})")
-
-
-# ----------------------------------------------------------------------------- load_splits
-def _apply_condition(x: Tensor, y: Tensor, num_classes: int, spec: DataSpec) -> tuple[Tensor, Tensor, Tensor]:
-    """Steps 3a-3c of the module docstring on the train split: returns (x, noisy y, clean y)."""
-    cond = spec.condition
-    present = [c for c in range(num_classes) if c not in set(cond.omit_classes)]
-    if cond.omit_classes:
-        keep = ~torch.isin(y, torch.tensor(sorted(cond.omit_classes), dtype=torch.int64))
-        x, y = x[keep], y[keep]
-
-    if cond.imbalance_gamma is not None:
-        counts = torch.bincount(y, minlength=num_classes)
-        wanted = imbalance_counts(cond, present, [int(counts[c]) for c in present], float(spec.val_fraction))
-        per_class = torch.zeros(num_classes, dtype=torch.int64)
-        per_class[present] = torch.tensor(wanted, dtype=torch.int64)
-        keep_idx, _ = take_first_per_class(y, per_class, step_generator(spec.split_seed, "imbalance"))
-        x, y = x[keep_idx], y[keep_idx]
-
-    clean_y = y.clone()
-    if cond.label_noise > 0:
-        g = step_generator(spec.split_seed, "label_noise")
-        # Draw both for every sample so a larger sigma corrupts a superset of the samples.
-        u = torch.rand(len(y), generator=g)
-        choice = torch.randint(0, len(present), (len(y),), generator=g)
-        new = torch.tensor(present, dtype=torch.int64)[choice]
-        y = torch.where(u < float(cond.label_noise), new, y)
-    return x, y, clean_y
-
-
-def load_splits(spec: DataSpec) -> Splits:
-    """Load `spec.dataset`, carve the stratified val split, apply the train condition (module docstring)."""
-    spec.validate()
-    info = DATASETS[spec.dataset]
-    train_x, train_y, test_x, test_y = info.loader(spec)
-    k = info.num_classes
-
-    keep, val = stratified_holdout(train_y, k, float(spec.val_fraction),
-                                   step_generator(spec.split_seed, "val_split"))
-    val_x, val_y = train_x[val], train_y[val]
-    tr_x, tr_y = train_x[keep], train_y[keep]
-    tr_x, tr_y, tr_clean = _apply_condition(tr_x, tr_y, k, spec)
-    return Splits(
-        name=info.name, num_classes=k, input_shape=tuple(info.input_shape), augment=info.augment,
-        train_x=tr_x.contiguous(), train_y=tr_y, val_x=val_x.contiguous(), val_y=val_y,
-        test_x=test_x.contiguous(), test_y=test_y, train_clean_y=tr_clean,
-    )
-
-
-# ----------------------------------------------------------------------------- the spec's `dataset:` section
-
-
-class DatasetSection(Strict):
-    """The `dataset:` section (and the `kdx train` data flags): field names and types only; the values
-    are checked by `DataSpec.validate` and `DataCondition.validate`, the one validator per field."""
-
-    name: str = Field("mnist1d", description="dataset name (see `kdx datasets`)")
-    data_dir: str | None = Field(None, description="directory with the dataset (CIFAR, MNIST) or its cache")
-    download: bool = Field(False, description="download CIFAR or MNIST into data_dir if missing")
-    val_fraction: float = Field(0.1, description="validation split carved from train")
-    split_seed: int = Field(0, description="seed of the validation split and the data conditions")
-    label_noise: float = Field(0.0, description="symmetric label-noise rate sigma (train only)")
-    imbalance_gamma: float | None = Field(None, description="power-law class imbalance gamma")
-    imbalance_max: int | None = Field(None, description="largest class count under imbalance")
-    imbalance_min: int | None = Field(None, description="smallest class count under imbalance")
-    omit_classes: list[int] = Field([], description="classes dropped from train, e.g. 3,7")
-
-    def data_spec(self) -> DataSpec:
-        """The checked DataSpec; KdxError naming `dataset.<field>`."""
-        spec = DataSpec(
-            dataset=self.name, data_dir=self.data_dir, download=self.download,
-            val_fraction=self.val_fraction, split_seed=self.split_seed,
-            condition=DataCondition(
-                label_noise=self.label_noise, imbalance_gamma=self.imbalance_gamma,
-                imbalance_max=self.imbalance_max, imbalance_min=self.imbalance_min,
-                omit_classes=tuple(self.omit_classes)),
-        )
-        try:
-            spec.validate()
-        except KdxError as e:
-            field, _, rest = str(e).partition(":")
-            raise KdxError(f"dataset.{'name' if field == 'dataset' else field}:{rest}") from None
-        return spec
-
-
-def parse_dataset(fields: dict) -> DataSpec:
-    """A `dataset:` section (or the same-named CLI flags) -> DataSpec, with the spec's checks and errors."""
-    try:
-        section = DatasetSection(**fields)
-    except ValidationError as e:
-        raise KdxError(pydantic_sentence(e, "dataset.")) from None
-    return section.data_spec()

@@ -19,16 +19,13 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .datasets import normalise_, register_dataset
-from .errors import KdxError, bad_value
-
-if TYPE_CHECKING:
-    from .data import DataSpec
+from explorer.data.condition import DataSpec
+from explorer.data.registry import normalise_, register_dataset
+from explorer.errors import KdxError, bad_value
 
 FOLDER = Path("MNIST") / "raw"
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

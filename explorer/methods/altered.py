@@ -70,9 +70,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import KdxError
-from .base import HParam, LossInputs, Method, register
-from .losses import cross_entropy, smoothed_targets, soft_kl
+from explorer.errors import KdxError
+from explorer.methods.base import HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy, smoothed_targets, soft_kl
 
 SUBSETS = {0: "none", 1: "correct", 2: "regularization", 3: "regularization & correct", 4: "not correct", 5: "all"}
 NONE_SUBSET, ALL_SUBSET = 0, 5
@@ -166,7 +166,7 @@ class AlteredKD(Method):
         weak, strong = teachers
         logits, y, T = inputs.student_logits.float(), inputs.targets, hp["temperature"]
         mask = subset_mask(hp["subset"], weak, logits, y, T)
-        # no branch on the mask's values: fused members' losses are vmapped (explorer/fused.py)
+        # no branch on the mask's values: fused members' losses are vmapped (explorer/training/fused.py)
         target = torch.where(mask.view(-1, 1), altered_target(self.scheme, weak, strong, logits, y, hp),
                              soft(weak, y, T)[0])
         alpha = hp["alpha"]

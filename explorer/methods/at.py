@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import HParam, LossInputs, Method, register
-from .feature_ops import match_spatial, pick
-from .losses import cross_entropy
+from explorer.methods.base import HParam, LossInputs, Method, register
+from explorer.methods.feature_ops import match_spatial, pick
+from explorer.methods.losses import cross_entropy
 
 BLOCKS = (1, 2, 3)
 

@@ -13,7 +13,7 @@ teacher at this epoch, hands it a `LossInputs`, and sums the dict of loss terms 
 
 A method may own trainable modules (regressors, connectors): `build_modules` is called once with the
 student's and the teacher's feature shapes (the features come from forward hooks at the module
-paths of `feature_role`, see explorer/features.py); the optimiser includes those modules, they are
+paths of `feature_role`, see explorer/models/features.py); the optimiser includes those modules, they are
 saved with the trainer state, and they are not part of the evaluated student.
 """
 
@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import KdxError, bad_value
-from ..models import build_model, default_input_family
+from explorer.errors import KdxError, bad_value
+from explorer.models import build_model, default_input_family
 
 
 @dataclass(frozen=True)
@@ -115,14 +115,14 @@ class Method:
     needs_teacher: bool = False
     teacher_kinds: tuple[str, ...] = ()  # a subset of TEACHER_KINDS
     same_arch_teacher: bool = False  # the teacher must be the student's own architecture (tf_kd_self)
-    # Intermediate features the method reads, by role ("blocks", "penultimate"; explorer/features.py):
+    # Intermediate features the method reads, by role ("blocks", "penultimate"; explorer/models/features.py):
     # None = logits only. The same role is tapped on the student and on the teacher.
     feature_role: str | None = None
     # True when the method reads per-position feature maps (attention maps, flow matrices): refused on
     # architectures whose features have no spatial/temporal axis (MLPs), see `arch_problem`.
     spatial_features: bool = False
     # True when the loss runs the student or the teacher again (a second view, an attack): such a method
-    # cannot train fused members (explorer/fused.py), whose loss sees one member's logits at a time.
+    # cannot train fused members (explorer/training/fused.py), whose loss sees one member's logits at a time.
     extra_forwards: bool = False
 
     @property

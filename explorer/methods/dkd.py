@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import TEMPERATURE, HParam, LossInputs, Method, register
-from .losses import cross_entropy, log_softmax
+from explorer.methods.base import TEMPERATURE, HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy, log_softmax
 
 
 def _binary_kl(p_teacher: Tensor, p_student: Tensor) -> Tensor:

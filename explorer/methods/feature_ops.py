@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import KdxError
+from explorer.errors import KdxError
 
 
 def block_indices(count: int, numbers: tuple[int, ...], method: str) -> list[int]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import ALPHA, KD_STOP_EPOCH, TEACHER_KINDS, TEACHER_TEMPERATURE, TEMPERATURE, LossInputs, Method, register
-from .losses import cross_entropy, kd_kl
+from explorer.methods.base import (ALPHA, KD_STOP_EPOCH, TEACHER_KINDS, TEACHER_TEMPERATURE, TEMPERATURE, LossInputs,
+                                   Method, register)
+from explorer.methods.losses import cross_entropy, kd_kl
 
 KD_HPARAMS = (TEMPERATURE, ALPHA, KD_STOP_EPOCH, TEACHER_TEMPERATURE)
 

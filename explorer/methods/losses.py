@@ -1,4 +1,4 @@
-"""Loss formulas several methods share (the KD convention is fixed for all of kdx; ../shared/DESIGN.md):
+"""Loss formulas several methods share (the KD convention is fixed for all of kdx; docs/DESIGN.md):
 
     loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(p_teacher^T || p_student^T)
 
@@ -45,7 +45,7 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor | list[Tensor], tempera
     log_p_s = log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = log_softmax(teacher_logits.float() / t_t, dim=1)
     # KL written out (F.kl_div with log_target computes the same terms; it has no vmap rule, and fused
-    # members' losses are vmapped, explorer/fused.py)
+    # members' losses are vmapped, explorer/training/fused.py)
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * temperature**2
 
 
@@ -62,6 +62,6 @@ def smoothed_targets(targets: Tensor, num_classes: int, confidence: float) -> Te
     """`confidence` on the labelled class, (1 - confidence)/(K - 1) on each other class (seed 002 eq. 3)."""
     other = (1.0 - confidence) / (num_classes - 1)
     # a product, not a fill and a scatter: fused members may each have their own confidence (a vmapped
-    # tensor, explorer/fused.py)
+    # tensor, explorer/training/fused.py)
     hot = (targets.view(-1, 1) == torch.arange(num_classes, device=targets.device)).float()
     return hot * confidence + (1.0 - hot) * other

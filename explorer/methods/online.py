@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..models import MultiBranch, build_model
-from .base import TEMPERATURE, HParam, LossInputs, Method, register
-from .losses import cross_entropy, kd_kl
+from explorer.methods.base import TEMPERATURE, HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy, kd_kl
+from explorer.models import MultiBranch, build_model
 
 
 class Cohort(nn.Module):

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import HParam, LossInputs, Method, register
-from .feature_ops import check_same_spatial, connector, match_spatial, pick
-from .fitnet import TwoStage
-from .losses import cross_entropy
+from explorer.methods.base import HParam, LossInputs, Method, register
+from explorer.methods.feature_ops import check_same_spatial, connector, match_spatial, pick
+from explorer.methods.fitnet import TwoStage
+from explorer.methods.losses import cross_entropy
 
 BLOCKS = (1, 2, 3)
 WEIGHTS = (0.25, 0.5, 1.0)

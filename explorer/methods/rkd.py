@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import HParam, LossInputs, Method, register
-from .losses import cross_entropy
+from explorer.methods.base import HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy
 
 
 def pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import KdxError
-from .base import HParam, LossInputs, Method, register
-from .losses import cross_entropy
+from explorer.errors import KdxError
+from explorer.methods.base import HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy
 
 
 def pool_to(ft: Tensor, shape: tuple) -> Tensor:

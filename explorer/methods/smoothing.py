@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import ALPHA, HParam, LossInputs, Method, register
-from .losses import cross_entropy, log_softmax, smoothed_targets, soft_kl
+from explorer.methods.base import ALPHA, HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy, log_softmax, smoothed_targets, soft_kl
 
 
 @dataclass(frozen=True)

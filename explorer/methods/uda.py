@@ -6,7 +6,7 @@ RandAugment view of the same sample in the same mini batch, summed:
     loss = KD(x) + KD(RA(x)),   KD = (1 - alpha) * CE + alpha * T^2 * KL(p_t^T || p_s^T)
 
 The seed gives no RandAugment setting; kdx uses RandAugment's common N = 2 operations at magnitude
-9 (torchvision's default), both searchable (`ra_ops`, `ra_magnitude`; explorer/randaugment.py), and
+9 (torchvision's default), both searchable (`ra_ops`, `ra_magnitude`; explorer/data/randaugment.py), and
 kd's alpha and T. The teacher runs on the RandAugment view every batch (it cannot be cached: the
 view is new each time). Images only: RandAugment's operations are 2-D.
 """
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..models import default_input_family
-from ..randaugment import NUM_BINS, OPS, rand_augment
-from .base import HParam, LossInputs, register
-from .hinton import KD_HPARAMS, HintonKD
+from explorer.data.randaugment import NUM_BINS, OPS, rand_augment
+from explorer.methods.base import HParam, LossInputs, register
+from explorer.methods.hinton import KD_HPARAMS, HintonKD
+from explorer.models import default_input_family
 
 
 @dataclass(frozen=True)

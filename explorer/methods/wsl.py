@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ALPHA, HParam, LossInputs, Method, register
-from .losses import cross_entropy, soft_kl
+from explorer.methods.base import ALPHA, HParam, LossInputs, Method, register
+from explorer.methods.losses import cross_entropy, soft_kl
 
 
 @dataclass(frozen=True)

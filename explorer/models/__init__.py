@@ -9,22 +9,20 @@ Families (names are exact, lower case, no leading zeros), one module each:
 
 Every model's ``forward(x, features=False)`` returns logits, or ``(logits, feats)`` with
 ``features=True``, where ``feats`` is the family's "blocks" feature role read by forward hooks
-(explorer/features.py; each family module says what its blocks are). Each model carries ``arch``,
+(explorer/models/features.py; each family module says what its blocks are). Each model carries ``arch``,
 ``num_classes``, ``input_shape`` and ``feature_channels`` (channel / unit count of each feat).
 
 Importing this package imports every family module, which is what registers them.
 """
 
-from .base import KdxModel, TrunkHead
-from .registry import (
-    Factory, allowed_archs, build_model, count_params, default_input_family, is_known_model, list_models,
-    register_family,
-)
-from . import resnet, wrn, small  # noqa: E402,F401  (registration order = list_models order)
-from .resnet import BasicBlock, CifarResNet
-from .wrn import PreActBlock, WideResNet
-from .small import CNN1d, MLP
-from .branches import MultiBranch, split_trunk_head
+from explorer.models import resnet, small, wrn  # noqa: E402,F401  (registration order = list_models order)
+from explorer.models.base import KdxModel, TrunkHead
+from explorer.models.branches import MultiBranch, split_trunk_head
+from explorer.models.registry import (Factory, allowed_archs, build_model, count_params, default_input_family,
+                                      is_known_model, list_models, register_family)
+from explorer.models.resnet import BasicBlock, CifarResNet
+from explorer.models.small import MLP, CNN1d
+from explorer.models.wrn import PreActBlock, WideResNet
 
 # The built-in families' spelling, as the unknown-architecture error gives it (allowed_archs() is
 # always current, including families registered later).

@@ -1,9 +1,9 @@
 """What every kdx model family shares: the base class, weight init and small layer helpers.
 
 A family subclasses `KdxModel`, implements `_forward(x) -> logits`, declares its feature roles
-next to the class (`explorer.features.register_roles`) and registers its names in the registry
+next to the class (`explorer.models.features.register_roles`) and registers its names in the registry
 (`explorer.models.registry.register_family`). `model(x, features=True)` then needs nothing more
-from the family: the "blocks" role is read by forward hooks (explorer/features.py), so the list of
+from the family: the "blocks" role is read by forward hooks (explorer/models/features.py), so the list of
 block outputs is defined once, in the family's roles.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from explorer.errors import bad_value
-from explorer.features import FeatureTap, feature_paths
+from explorer.models.features import FeatureTap, feature_paths
 
 
 class TrunkHead(NamedTuple):

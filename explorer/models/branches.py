@@ -8,13 +8,12 @@ first hidden layer), so this module lists no families.
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from explorer.errors import bad_value
-
-from .base import KdxModel, TrunkHead
-from .registry import build_model
+from explorer.models.base import KdxModel, TrunkHead
+from explorer.models.registry import build_model
 
 
 def split_trunk_head(model: nn.Module) -> TrunkHead:

@@ -33,7 +33,7 @@ from typing import Callable, Mapping, Sequence, Union
 
 from torch import Tensor, nn
 
-from .errors import KdxError
+from explorer.errors import KdxError
 
 __all__ = ["FEATURE_ROLES", "REQUIRED_ROLES", "register_roles", "feature_roles", "feature_paths", "FeatureTap",
            "forward_with_features"]

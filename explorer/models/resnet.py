@@ -16,14 +16,13 @@ from __future__ import annotations
 import re
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from explorer.errors import bad_value
-from explorer.features import register_roles
-
-from .base import AddChannel, KdxModel, TrunkHead, conv3x3, image_channels, init_weights
-from .registry import NUM, Factory, register_family, unknown_arch
+from explorer.models.base import AddChannel, KdxModel, TrunkHead, conv3x3, image_channels, init_weights
+from explorer.models.features import register_roles
+from explorer.models.registry import NUM, Factory, register_family, unknown_arch
 
 RESNET_DEPTHS = (8, 14, 20, 26, 32, 44, 56, 110)
 RESNET_X4_DEPTHS = (8, 32)

@@ -19,10 +19,9 @@ import torch
 from torch import nn
 
 from explorer.errors import bad_value
-from explorer.features import register_roles
-
-from .base import AddChannel, KdxModel, TrunkHead, init_weights
-from .registry import NUM, Factory, register_family
+from explorer.models.base import AddChannel, KdxModel, TrunkHead, init_weights
+from explorer.models.features import register_roles
+from explorer.models.registry import NUM, Factory, register_family
 
 
 def _conv1d_out_len(length: int, kernel: int, stride: int, padding: int) -> int:

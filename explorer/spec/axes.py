@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError, model_validator
 
-from .config import Strict
-from .errors import KdxError
+from explorer.errors import KdxError
+from explorer.fields import Strict
 
 AXIS_KINDS = ("choice", "uniform", "loguniform", "grid")
 

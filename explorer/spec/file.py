@@ -1,6 +1,6 @@
 """Reading a spec file: the path (a file, not a directory), UTF-8 text and YAML without a key given
 twice, each problem one sentence naming SPEC. Light (no torch): the command line checks the path
-with it before anything heavy is imported; `explorer.spec.load_spec` reads specs with it."""
+with it before anything heavy is imported; `explorer.spec.search.load_spec` reads specs with it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import KdxError
+from explorer.errors import KdxError
 
 
 def check_spec_path(path: str | Path) -> Path:

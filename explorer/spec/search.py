@@ -1,7 +1,7 @@
 """The search spec: one YAML file says everything about a search (see searches/*.yaml).
 
 Searchable values (each fixed, `{choice: [...]}`, `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`
-or `{grid: [...]}`; explorer/axes.py): every `distill` key (the method and every hyperparameter a
+or `{grid: [...]}`; explorer/spec/axes.py): every `distill` key (the method and every hyperparameter a
 registered method declares), every field of the `student` section but `epochs` (ASHA's clock):
 `student.arch`, `student.lr`, `student.weight_decay`, ..., and every field of `teachers.recipe` as a
 choice or grid (each teacher is built before the search). Lists are axes too: `teachers.archs` (the
@@ -23,17 +23,20 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, create_model, field_validator
 
-from .axes import Axis, as_axis, check_points, param_name, section_axes, set_path
-from .config import Recipe, Seed, Strict, TrainConfig
-from .data import TEACHER_CONDITIONS, DatasetSection, DataSpec
-from .datasets import check_data_present
-from .errors import KdxError, pydantic_sentence
-from .methods import METHODS, Method, get_method, hparam_names
-from .models import is_known_model
-from .spec_checks import check_cell_budget, check_fused_search
-from .spec_file import read_spec_file
-from .spec_sections import ConfirmSection, EvaluateSection, ResourcesSection, SearchSection
-from .teachers import parse_teacher, teacher_chains, teacher_kind
+from explorer.config import Recipe, TrainConfig
+from explorer.data.condition import TEACHER_CONDITIONS, DataSpec
+from explorer.data.registry import check_data_present
+from explorer.data.section import DatasetSection
+from explorer.errors import KdxError, pydantic_sentence
+from explorer.fields import Seed, Strict
+from explorer.methods import Method, get_method, hparam_names
+from explorer.models import is_known_model
+from explorer.spec.axes import Axis, as_axis, check_points, param_name, section_axes, set_path
+from explorer.spec.checks import (check_axis_forms, check_cell_budget, check_fused_search, check_methods,
+                                  check_methods_fit_teachers)
+from explorer.spec.file import read_spec_file
+from explorer.spec.sections import ConfirmSection, EvaluateSection, ResourcesSection, SearchSection
+from explorer.teachers.entries import parse_teacher, teacher_chains
 
 # The distill keys: the method and every hyperparameter any registered method declares.
 AXES = ("method", *hparam_names())
@@ -51,7 +54,7 @@ class StudentSection(Recipe):
 
 
 class TeachersSection(Strict):
-    archs: list[str] = Field(min_length=1)  # teacher entries, see explorer/teachers.py
+    archs: list[str] = Field(min_length=1)  # teacher entries, see explorer/teachers/entries.py
     early_stop_schedule: bool = False  # True: each stop epoch n is its own n-epoch run (seed 004 section 5.5)
     seed: Seed = 0
     recipe: Recipe = Recipe()
@@ -60,7 +63,7 @@ class TeachersSection(Strict):
     # How the links of a chain ('a<b', 'a^g') are distilled: a method and its hyperparameters.
     distill: dict = {"method": "kd"}
     generations: int = Field(0, ge=0, le=20)  # adds 'a^1' .. 'a^g' for every plain architecture entry
-    # the teachers' data: the student's condition and all (same), or the clean split (explorer/data.py)
+    # the teachers' data: the student's condition and all (same), or the clean split (explorer/data/condition.py)
     data_condition: Literal[tuple(TEACHER_CONDITIONS)] = "same"  # type: ignore[valid-type]
 
     @field_validator("archs")
@@ -178,60 +181,11 @@ class SearchSpec(Strict):
             raise KdxError("dataset.val_fraction: got 0; allowed: a number in (0, 1) for a search, which chooses "
                            "configs on the validation split, never on test.")
         check_data_present(data)  # data read from disk: here (the driver), or to be downloaded here
-        algo = self.search.algorithm
-        for where, axis in self.value_axes().items():
-            if axis.kind in ("uniform", "loguniform") and where == "distill.method":
-                raise KdxError(f"{where}: got {axis.kind}; allowed: a fixed value, a choice or a grid.")
-            if axis.kind in ("uniform", "loguniform") and algo == "grid":
-                raise KdxError(f"{where}: got a {axis.kind} range with search.algorithm grid; "
-                               "allowed: a fixed value or a grid.")
-            if axis.kind == "grid" and algo == "optuna":
-                raise KdxError(f"{where}: got a grid with search.algorithm optuna; allowed: a fixed value, "
-                               "a choice or a range (or set search.algorithm to grid or random).")
-            if axis.kind == "choice" and algo == "grid":
-                raise KdxError(f"{where}: got a choice with search.algorithm grid; allowed: a fixed value or a grid.")
+        check_axis_forms(self.value_axes(), self.search.algorithm)
         axes = self.distill.axes()
-        for method in axes["method"].values():
-            if method not in METHODS:
-                raise KdxError(f"distill.method: got {method!r}; allowed: {', '.join(sorted(METHODS))}.")
-        # every hyperparameter value (range ends included) must be valid for every method asked for
-        for method in axes["method"].values():
-            m = get_method(method)
-            for hp in m.hparams:
-                for v in axes[hp.name].values():
-                    if v is None:
-                        continue  # the method's default
-                    try:
-                        m.resolve({hp.name: v})
-                    except KdxError as e:
-                        raise KdxError(f"distill.{e}") from None
-        methods = [get_method(m) for m in axes["method"].values()]
-        for name, axis in axes.items():
-            takers = [m.name for m in methods if name in {h.name for h in m.hparams}]
-            if name != "method" and axis.values() != [None] and not takers:
-                others = [m.name for m in METHODS.values() if name in {h.name for h in m.hparams}]
-                raise KdxError(f"distill.{name}: got {axis.values()[0]!r}; allowed only with a method that takes it "
-                               f"({', '.join(others)}), and distill.method is {', '.join(m.name for m in methods)}.")
+        methods = check_methods(axes)
         self.teachers.distill_method()
-        students = self.student_archs()
-        teacher_archs = [chain[0][0] for entry in self.teachers.entries()  # each member's used (first) link
-                         for chain in parse_teacher(entry, self.teachers.seed)]
-        for method in axes["method"].values():
-            m = get_method(method)
-            for arch in dict.fromkeys(students + (teacher_archs if m.needs_teacher else [])):
-                problem = m.arch_problem(arch)
-                if problem:
-                    raise KdxError(f"distill.method: got {method!r}; {problem}.")
-            if not m.needs_teacher:
-                continue
-            for entry in self.teachers.entries():
-                members = parse_teacher(entry, self.teachers.seed)
-                for arch in students:
-                    problem = m.teacher_problem(teacher_kind(members), same_arch=members[0][0][0] == arch,
-                                                members=len(members))
-                    if problem:
-                        raise KdxError(f"distill.method: got {method!r} with teacher {entry!r}; {problem} "
-                                       "(give such methods their own spec, or teachers that fit every method).")
+        check_methods_fit_teachers(self, axes["method"].values())
         for v in axes["kd_stop_epoch"].values():
             if v is not None and v > self.student.epochs:
                 raise KdxError(f"distill.kd_stop_epoch: got {v}; allowed: 1..student.epochs ({self.student.epochs}) or null.")
@@ -242,7 +196,7 @@ class SearchSpec(Strict):
             raise KdxError(f"seeds: got {self.seeds}; allowed: distinct seeds.")
         check_points(self.search.points_to_evaluate, self.searched_axes(), self.search.algorithm)
         check_cell_budget(self)
-        check_fused_search(self, [get_method(m) for m in axes["method"].values()])
+        check_fused_search(self, methods)
         self.confirm.check(self.seeds, self.searched_axes())
         return self
 

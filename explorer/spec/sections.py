@@ -1,7 +1,7 @@
 """The spec's simple sections: how to search (`search:`, `search.asha:`), what each trial and teacher
 build may use (`resources:`), the confirmation stage (`confirm:`) and the evaluations a finished trial
 gets (`evaluate:`). Their cross-section rules are
-`SearchSpec.check` in explorer/spec.py."""
+`SearchSpec.check` in explorer/spec/search.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from .config import Seed, Strict
-from .errors import KdxError
+from explorer.errors import KdxError
+from explorer.fields import Seed, Strict
 
 
 class AshaSection(Strict):
@@ -43,7 +43,7 @@ class SearchSection(Strict):
     # its own TPE proposes from the other axes; the search then runs trials_per_cell x cells trials.
     trials_per_cell: int | None = Field(None, ge=1)
     # Issue 11: a trial is one config times every entry of `seeds`, trained as one fused model
-    # (explorer/fused.py). It reports the members' mean, on which ASHA and the searcher decide, and
+    # (explorer/training/fused.py). It reports the members' mean, on which ASHA and the searcher decide, and
     # each seed its own MLflow run; the CE baselines fuse their seeds too. The seed is then not a
     # searched axis: every config the search tries gets every seed.
     fuse_seeds: bool = False
@@ -60,6 +60,11 @@ class ResourcesSection(Strict):
     retries: int = Field(2, ge=0)
 
 
+# The teacher lists a confirmation cell is keyed on by default; `confirm.cells` may add searched discrete axes
+# (the analysis reads the same names back: analysis/cells.py).
+CELL_LISTS = ("teacher", "teacher_stop_epoch")
+
+
 class ConfirmSection(Strict):
     """The confirmation stage (`kdx confirm`, issue 10): the search's best config of every cell, chosen
     on validation, re-run with fresh seeds beside the CE baseline trained with the same seeds, so
@@ -67,11 +72,11 @@ class ConfirmSection(Strict):
 
     seeds: list[Seed] = Field([1000, 1001, 1002, 1003, 1004], min_length=2,
                               description="fresh seeds (never the search's), shared by every cell and the baseline")
-    cells: list[str] = Field(["teacher", "teacher_stop_epoch"],
+    cells: list[str] = Field(list(CELL_LISTS),
                              description="the params whose every combination is a cell (the student's searched "
                                          "architecture is always one more)")
     fuse: bool | Literal["auto"] = Field("auto", description=(
-        "train a config's seeds as one fused model (explorer/fused.py) where its method and student allow; "
+        "train a config's seeds as one fused model (explorer/training/fused.py) where its method and student allow; "
         "each seed still gets its own MLflow run with its own metrics. auto: on GPU trials, and on CPU for "
         "students without 2-D convolutions (benchmarks/fused_speed.py, 8 seeds on one CPU thread: fused 1-D CNNs "
         "train about 4x faster, fused resnets about 0.8x as fast, their convolutions being compute-bound there)"))
@@ -79,9 +84,9 @@ class ConfirmSection(Strict):
         "where seeds train fused: the most members one confirmation trial trains. A config's seeds always "
         "train together; configs of one student recipe and method, differing only in teacher, lr and the "
         "method's real-valued hyperparameters (T, alpha, ...), share a trial up to this many members, each "
-        "member with its own teacher and values (explorer/fused.py). 24: past it a fused 1-D CNN's time per "
+        "member with its own teacher and values (explorer/training/fused.py). 24: past it a fused 1-D CNN's time per "
         "member falls by a few percent more on one CPU thread, and bigger trials leave fewer to spread over "
-        "cores (benchmarks/fused_members.py, README Speed)"))
+        "cores (benchmarks/fused_members.py, benchmarks/RESULTS.md)"))
 
     def check(self, search_seeds: list[int], searched: dict) -> None:
         """Fresh, distinct seeds, and cells keyed on the teacher lists or searched choice/grid axes."""
@@ -107,7 +112,7 @@ class EvaluateSection(Strict):
     transfer: bool = Field(False, description=(
         "seed 000 section IV-D: the success rate on the student of L-inf PGD examples made on its teacher "
         "(eps 0.031, step 0.003, 20 steps, in units of the pixel range), on the test samples both classify "
-        "correctly: metrics transfer_rate and transfer_samples (explorer/attacks.py); trials without a "
+        "correctly: metrics transfer_rate and transfer_samples (explorer/training/attacks.py); trials without a "
         "teacher get none"))
     robust: bool = Field(False, description=(
         "seed 003 section 4.4: test accuracy under L-inf PGD on the student itself, at the recipe's "
@@ -116,6 +121,3 @@ class EvaluateSection(Strict):
         "starts (a sample counts only if it survives all); AutoAttack, which the seed uses, is not on PyPI"))
     robust_restarts: int = Field(5, ge=1, le=100, description="evaluate.robust: random starts of PGD-50")
 
-
-# What a confirmation cell may be keyed on: the teacher lists, and the searched discrete axes.
-CELL_LISTS = ("teacher", "teacher_stop_epoch")

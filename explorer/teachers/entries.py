@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Recipe
-from .data import DataSpec
-from .errors import KdxError
-from .models import is_known_model
-from .recipe import TeacherRecipe
+from explorer.config import Recipe
+from explorer.data.condition import DataSpec
+from explorer.errors import KdxError
+from explorer.models import is_known_model
+from explorer.teachers.recipe import TeacherRecipe
 
 TEACHER_SYNTAX = ("allowed: an architecture from `kdx models`, 'a<b' (a distilled from b; chains like 'a<b<c'), "
                   "'a^g' (born-again generation g of a), 'a:sN' (teacher seed N), or such members joined by '+' "
@@ -97,3 +97,22 @@ def teacher_chains(entry: str, data: DataSpec, recipe: Recipe, seed: int, stop: 
             parent = teacher.key()
         out.append(links)
     return out
+
+
+def distillation_problem(method, student: str, entry: str | None, seed: int, field: str = "teachers.archs") -> str | None:
+    """Why `method` (a Method) cannot train the student architecture `student` from the teacher entry
+    `entry` (None: no teacher), or None: the one method-and-teacher check that the spec and `kdx train`
+    use. The method must read the student's and, where it takes one, each member's used architecture
+    (`arch_problem`), and take the entry's kind of teacher, of the student's architecture where it must
+    (`teacher_problem`)."""
+    members = parse_teacher(entry, seed, field) if entry is not None else None
+    used = [chain[0][0] for chain in members or []] if method.needs_teacher else []
+    for arch in dict.fromkeys([student] + used):
+        problem = method.arch_problem(arch)
+        if problem:
+            return problem
+    if not method.needs_teacher and members is None:
+        return None
+    return method.teacher_problem(None if members is None else teacher_kind(members),
+                                  same_arch=members is not None and members[0][0][0] == student,
+                                  members=None if members is None else len(members))

@@ -15,7 +15,7 @@ so any change to it (a field added, a normalisation changed) must bump `SCHEMA_V
 
 The manifest format lives here too (`new_manifest`, `manifest_problem`, `manifest_bytes`, `TeacherRecord`): it
 shares the schema version with the canonical recipe, and like it, it is plain data. Reading and
-writing manifests and checkpoints is `explorer/store.py`'s job. Nothing here touches files, locks or
+writing manifests and checkpoints is `explorer/teachers/store.py`'s job. Nothing here touches files, locks or
 compute (only a shape check on the meta device).
 """
 
@@ -31,11 +31,12 @@ from typing import Iterable
 
 import torch
 
-from .data import DATASETS, DataSpec
-from .errors import bad_value
-from .methods import Method, get_method
-from .models import build_model, is_known_model
-from .train import TrainConfig
+from explorer.config import Recipe, TrainConfig
+from explorer.data.condition import DataSpec
+from explorer.data.registry import DATASETS
+from explorer.errors import bad_value
+from explorer.methods import Method, get_method
+from explorer.models import build_model, is_known_model
 
 __all__ = ["SCHEMA_VERSION", "TeacherRecipe", "TeacherRecord", "build_command", "canonical_json", "check_stop_epochs",
            "ckpt_name", "is_key", "key_of", "manifest_bytes", "manifest_problem", "new_manifest", "plain_metrics",
@@ -83,6 +84,58 @@ def canonical_json(obj) -> str:
 def key_of(canonical: dict) -> str:
     """The key of a canonical recipe: the first 16 hex digits of the SHA-256 of its canonical JSON."""
     return hashlib.sha256(canonical_json(canonical).encode()).hexdigest()[:16]
+
+
+def _multistep_only(value, t):
+    return value if t.schedule == "multistep" else None
+
+
+# How each Recipe field enters a teacher's key (`keyed_train`): field -> (its canonical value, given the
+# field's value and the TrainConfig), None where it cannot change the run. Every Recipe field has a rule
+# (checked at import), so a new field says here how it keys teachers, and `build_command` follows.
+_KEYED = {
+    "epochs": lambda v, t: int(v),
+    "batch_size": lambda v, t: int(v),
+    "lr": lambda v, t: float(v),
+    "momentum": lambda v, t: float(v),
+    "nesterov": lambda v, t: bool(v and t.momentum > 0),
+    "weight_decay": lambda v, t: float(v),
+    "schedule": lambda v, t: v,
+    "milestones": lambda v, t: sorted(int(m) for m in v) if t.schedule == "multistep" else [],
+    "lr_gamma": lambda v, t: _multistep_only(float(v), t),
+    # keyed only when on, so keys from before adversarial training stay the same (grouped: "adversarial")
+    "adversarial_steps": lambda v, t: int(v) or None,
+    "adversarial_eps": lambda v, t: float(v) if t.adversarial_steps else None,
+    "adversarial_step": lambda v, t: float(v) if t.adversarial_steps else None,
+    "views": None,  # keyed by `keyed_train` itself: it depends on the data and the teacher's parent
+}
+_ADVERSARIAL = {"adversarial_steps": "steps", "adversarial_eps": "eps", "adversarial_step": "step"}
+if set(_KEYED) != set(Recipe.model_fields):  # pragma: no cover - a developer's error, caught by any import
+    raise RuntimeError(f"explorer/teachers/recipe.py: no key rule for {set(Recipe.model_fields) ^ set(_KEYED)}")
+
+
+def keyed_train(t: TrainConfig, distilled: bool, augmented: bool) -> dict:
+    """The training half of a teacher's canonical recipe: its identity (arch, seed, method and resolved
+    hyperparameters) and every Recipe field by its rule in `_KEYED`. Fixed teacher views (`views`) change a
+    run only where a teacher's logits on augmented data are cached: a distilled teacher whose method needs
+    no features; keyed only there and only when not live (0), so every key computed before `views`
+    existed still names the same run."""
+    train = {"arch": t.arch, "seed": int(t.seed), "method": t.method, "method_params": t.validate()}
+    adversarial = {}
+    for name, rule in _KEYED.items():
+        if rule is None:
+            continue
+        value = rule(getattr(t, name), t)
+        if name in _ADVERSARIAL:
+            if value is not None:
+                adversarial[_ADVERSARIAL[name]] = value
+        else:
+            train[name] = value
+    if adversarial:
+        train["adversarial"] = adversarial
+    if distilled and t.views and augmented and not get_method(t.method).needs_features:
+        train["views"] = int(t.views)
+    return train
 
 
 @dataclass(frozen=True)
@@ -135,35 +188,10 @@ class TeacherRecipe:
 
         Fields that cannot change the run are normalised away so equal runs get equal keys:
         milestones and lr_gamma only matter for the multistep schedule; nesterov only with momentum;
-        method hyperparameters are resolved (defaults filled in); views only where they apply (below)."""
-        t = self.train
-        hp = t.validate()
-        multistep = t.schedule == "multistep"
-        train = {
-            "arch": t.arch,
-            "epochs": int(t.epochs),
-            "batch_size": int(t.batch_size),
-            "lr": float(t.lr),
-            "momentum": float(t.momentum),
-            "nesterov": bool(t.nesterov and t.momentum > 0),
-            "weight_decay": float(t.weight_decay),
-            "schedule": t.schedule,
-            "milestones": sorted(int(m) for m in t.milestones) if multistep else [],
-            "lr_gamma": float(t.lr_gamma) if multistep else None,
-            "seed": int(t.seed),
-            "method": t.method,
-            "method_params": hp,
-        }
-        # Fixed teacher views (`views`) change a run only where a teacher's logits on augmented data are
-        # cached: a distilled teacher whose method needs no features. Keyed only there and only when not
-        # live (0), so every key computed before `views` existed still names the same run.
-        if t.adversarial_steps:  # keyed only when on, so keys from before adversarial training stay the same
-            train["adversarial"] = {"steps": int(t.adversarial_steps), "eps": float(t.adversarial_eps),
-                                    "step": float(t.adversarial_step)}
-        augment = getattr(DATASETS.get(self.data.dataset), "augment", None)
-        if (self.parent_key is not None and t.views and augment == "crop_flip"
-                and not get_method(t.method).needs_features):
-            train["views"] = int(t.views)
+        method hyperparameters are resolved (defaults filled in); views only where they apply
+        (`keyed_train`)."""
+        train = keyed_train(self.train, distilled=self.parent_key is not None,
+                            augmented=getattr(DATASETS.get(self.data.dataset), "augment", None) == "crop_flip")
         return _norm({"schema": SCHEMA_VERSION, "kind": "kdx-teacher", "data": self.data.identity(),
                       "train": train, "parent_key": self.parent_key})
 
@@ -183,34 +211,31 @@ def recipe_label(canonical: dict) -> str:
     return f"{t['arch']} e{t['epochs']} s{t['seed']}{extra}"
 
 
+def _flag(name: str, value) -> str | None:
+    """`--name value` as `kdx teachers build` reads it; None for a value that is off or absent."""
+    if value is None or value is False or value == [] or value == ():
+        return None
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return flag
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {','.join(map(str, value))}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
 def build_command(canonical: dict, stop_epochs: Iterable[int] = ()) -> str:
-    """The `kdx teachers build` command line that (re)builds this teacher."""
+    """The `kdx teachers build` command line that (re)builds this teacher: every keyed Recipe field of the
+    canonical recipe (`keyed_train`) and its data, so the command builds the same key."""
     d, t = canonical["data"], canonical["train"]
-    c = d.get("condition", {})
-    parts = ["kdx teachers build", f"--dataset {d['dataset']}", f"--arch {t['arch']}", f"--epochs {t['epochs']}",
-             f"--seeds {t['seed']}"]
     stops = sorted(set(int(e) for e in stop_epochs))
-    if stops:
-        parts.append("--stop-epochs " + ",".join(map(str, stops)))
-    parts += [f"--lr {t['lr']:g}", f"--batch-size {t['batch_size']}", f"--weight-decay {t['weight_decay']:g}",
-              f"--momentum {t['momentum']:g}", f"--schedule {t['schedule']}"]
-    if t.get("nesterov"):
-        parts.append("--nesterov")
-    if t["schedule"] == "multistep":
-        if t["milestones"]:
-            parts.append("--milestones " + ",".join(map(str, t["milestones"])))
-        parts.append(f"--lr-gamma {t['lr_gamma']:g}")
-    parts += [f"--val-fraction {d['val_fraction']:g}", f"--split-seed {d['split_seed']}"]
-    if c.get("label_noise"):
-        parts.append(f"--label-noise {c['label_noise']:g}")
-    if c.get("imbalance_gamma") is not None:
-        parts.append(f"--imbalance-gamma {c['imbalance_gamma']:g}")
-        for name in ("imbalance_max", "imbalance_min"):
-            if c.get(name) is not None:
-                parts.append(f"--{name.replace('_', '-')} {c[name]}")
-    if c.get("omit_classes"):
-        parts.append("--omit-classes " + ",".join(map(str, c["omit_classes"])))
-    return " ".join(parts)
+    recipe = {**{k: t.get(k) for k in _KEYED if k in t}, "views": t.get("views"),
+              **{name: t.get("adversarial", {}).get(short) for name, short in _ADVERSARIAL.items()}}
+    data = {"val_fraction": d["val_fraction"], "split_seed": d["split_seed"], **d.get("condition", {})}
+    parts = ["kdx teachers build", f"--dataset {d['dataset']}", f"--arch {t['arch']}", f"--seeds {t['seed']}",
+             _flag("stop_epochs", stops)]
+    parts += [_flag(k, v) for k, v in recipe.items()] + [_flag(k, v) for k, v in data.items() if v != 0.0 or
+                                                             k in ("val_fraction", "split_seed")]
+    return " ".join(p for p in parts if p)
 
 
 def check_stop_epochs(stop_epochs: Iterable[int], epochs: int) -> list[int]:

@@ -1,6 +1,6 @@
 """The teacher store: content-addressed, checksummed, built at most once, extendable.
 
-What a teacher is, its key and the manifest format: `explorer/recipe.py`. Atomic file IO, locally or
+What a teacher is, its key and the manifest format: `explorer/teachers/recipe.py`. Atomic file IO, locally or
 on any pyarrow URI, and the default lock: `explorer/storage.py`. This module is the store.
 
 Layout (a local directory, a shared filesystem path, or any URI pyarrow.fs understands):
@@ -48,17 +48,16 @@ from typing import Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import nn
 
-from .data import Splits, load_splits
-from .errors import KdxError, bad_value
-from .methods import get_method
-from .models import build_model, count_params
-from .recipe import (TeacherRecipe, TeacherRecord, build_command, check_stop_epochs, ckpt_name, is_key,
-                     manifest_bytes, manifest_problem, new_manifest, plain_metrics, utc_now)
-from .storage import Storage
-from .train import Trainer
-from .views import mark_origin
+from explorer.data.splits import Splits, load_splits
+from explorer.errors import KdxError, bad_value
+from explorer.methods import get_method
+from explorer.models import build_model, count_params
+from explorer.storage import Storage, TeacherStoreWarning
+from explorer.teachers.recipe import (TeacherRecipe, TeacherRecord, build_command, check_stop_epochs, ckpt_name, is_key,
+                                      manifest_bytes, manifest_problem, new_manifest, plain_metrics, utc_now)
+from explorer.teachers.views import StoredTeacher
 
-__all__ = ["LockProvider", "TeacherRecipe", "TeacherRecord", "TeacherStore", "TeacherStoreWarning",
+__all__ = ["LockProvider", "TeacherRecipe", "TeacherRecord", "TeacherStore",
            "check_stop_epochs", "default_store_root"]
 
 log = logging.getLogger("kdx.store")
@@ -66,12 +65,11 @@ log = logging.getLogger("kdx.store")
 MANIFEST, RECIPE = "manifest.json", "recipe.json"
 
 OnEpoch = Callable[[int, dict], None]
+# What builds a teacher: (TrainConfig, Splits, device, teacher=parent or None) -> a trainer with `epoch`,
+# `history`, `model`, `device`, `train_epoch()`, `state_dict()` and `load_state_dict()` (explorer/training/
+# loop.py's Trainer, handed in by explorer/training/build.py: the store does not import the loop).
+TrainerFactory = Callable[..., "object"]
 LockProvider = Callable[[str], ContextManager]
-
-
-class TeacherStoreWarning(UserWarning):
-    """A broken file in the teacher store (it is rebuilt, never used), or a store without a
-    cross-process lock."""
 
 
 def default_store_root() -> str:
@@ -276,10 +274,16 @@ class TeacherStore:
             first = str(e).strip().splitlines()[0]
             raise KdxError(f"teacher {key} epoch {epoch}: {self._show(key, info['file'])} does not fit a "
                            f"{rec.arch} ({first}); rebuild with `{hint}`.") from None
-        mark_origin(model.to(device).eval(), self, key, epoch)  # its logits on views are kept here (views.py)
+        model.to(device).eval()
         return model, dict(info) | {"key": key, "label": rec.label, "arch": rec.arch, "epoch": epoch,
                                     "epochs": rec.epochs, "params": rec.params, "num_classes": rec.num_classes,
                                     "input_shape": list(rec.input_shape)}
+
+    def teacher(self, key: str, stop_epoch: int | None = None, device="cpu") -> tuple[StoredTeacher, dict]:
+        """`load_model`'s model as a `StoredTeacher`, told its entry here: a trainer reads (or writes) its
+        logits on fixed views in this store (explorer/teachers/views.py)."""
+        model, info = self.load_model(key, stop_epoch, device)
+        return StoredTeacher(model, self, key, info["epoch"]), info
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -292,12 +296,14 @@ class TeacherStore:
             yield
 
     def ensure(self, recipe: TeacherRecipe, stop_epochs: Iterable[int] = (), device=None,
-               on_epoch: OnEpoch | None = None, splits: Splits | None = None) -> tuple[TeacherRecord, bool]:
+               on_epoch: OnEpoch | None = None, splits: Splits | None = None, *,
+               trainer: TrainerFactory) -> tuple[TeacherRecord, bool]:
         """Make sure the teacher has a good checkpoint at every stop epoch and at its final epoch.
         Returns (record, built_now): built_now is False when everything was already kept. Builds or
         extends only what is missing, under the key's lock; a second asker waits for the first and
         reuses its result. `on_epoch(epoch, metrics)` is called for every epoch trained here.
-        `splits`, if given, must be `load_splits(recipe.data)` (saves a reload)."""
+        `splits`, if given, must be `load_splits(recipe.data)` (saves a reload). `trainer` trains it
+        (`TrainerFactory`; explorer.training.build.ensure_teacher hands the one loop's)."""
         if not isinstance(recipe, TeacherRecipe):
             raise bad_value("recipe", recipe, "allowed: a TeacherRecipe")
         recipe.validate()
@@ -314,7 +320,7 @@ class TeacherStore:
             missing = sorted((set(wanted) | listed) - good)
             if not missing:
                 return TeacherRecord.from_manifest(m), False
-            self._build(recipe, key, m, good, missing, device, on_epoch, splits)
+            self._build(recipe, key, m, good, missing, device, on_epoch, splits, trainer)
             m = self._read_manifest(key)
             if m is None:  # pragma: no cover - we just wrote it
                 raise KdxError(f"teacher {key}: the manifest could not be read back from {self.root}.")
@@ -325,13 +331,13 @@ class TeacherStore:
             raise KdxError(f"parent_key: got {recipe.parent_key!r}; the parent teacher is not in the store "
                            f"{self.root}; build the parent first (kdx search builds chains in order).")
 
-    def parent_model(self, recipe: TeacherRecipe) -> nn.Module | None:
+    def parent_model(self, recipe: TeacherRecipe) -> StoredTeacher | None:
         """The teacher a distilled teacher learns from: its parent, from this store, at the parent's
         final epoch, checksum-verified (KdxError when the parent is missing: build the chain in order)."""
         if recipe.parent_key is None:
             return None
         self._check_parent(recipe)
-        model, info = self.load_model(recipe.parent_key, None)
+        model, info = self.teacher(recipe.parent_key, None)
         if get_method(recipe.train.method).same_arch_teacher and info["arch"] != recipe.train.arch:
             raise bad_value("parent_key", recipe.parent_key, f"method {recipe.train.method!r} needs a parent of "
                             f"the same architecture ({recipe.train.arch}), not {info['arch']}")
@@ -339,7 +345,7 @@ class TeacherStore:
 
     # -------------------------------------------------------------- building (under the key's lock)
     def _build(self, recipe: TeacherRecipe, key: str, manifest: dict | None, good: set[int], missing: list[int],
-               device, on_epoch: OnEpoch | None, splits: Splits | None) -> None:
+               device, on_epoch: OnEpoch | None, splits: Splits | None, make_trainer: TrainerFactory) -> None:
         canonical = recipe.canonical()
         self.files.makedirs(self._path(key))
         self.files.remove_temps(self._path(key))
@@ -348,7 +354,7 @@ class TeacherStore:
                                      sort_keys=True).encode()
             self.files.write_atomic(self._path(key, RECIPE), recipe_json)
         splits = load_splits(recipe.data) if splits is None else splits
-        trainer = Trainer(recipe.train, splits, device, teacher=self.parent_model(recipe))
+        trainer = make_trainer(recipe.train, splits, device, teacher=self.parent_model(recipe))
         build = {"started": utc_now(), "host": socket.gethostname(), "pid": os.getpid(),
                  "device": str(trainer.device), "resumed_from": [], "epochs_trained": 0, "kept": [],
                  "torch": torch.__version__}
@@ -383,7 +389,7 @@ class TeacherStore:
                 if on_epoch is not None:
                     on_epoch(trainer.epoch, dict(metrics))
 
-    def _save_checkpoint(self, key: str, trainer: Trainer, manifest: dict) -> None:
+    def _save_checkpoint(self, key: str, trainer, manifest: dict) -> None:
         epoch, state = trainer.epoch, trainer.state_dict()
         state["teacher_key"] = key
         buf = io.BytesIO()

@@ -5,7 +5,7 @@ epoch cost 1.3x to 3.4x a CE epoch (resnet20..resnet110 teachers, issue 11). The
 are a function of the image alone, so they are computed once on a fixed set of V views per training
 sample, kept beside the teacher's checkpoint in the teacher store, and every trial reads them.
 
-Views. View v of training sample i is a crop+flip (`explorer.augment.crop_flip`, the same gather as
+Views. View v of training sample i is a crop+flip (`explorer.data.augment.crop_flip`, the same gather as
 live augmentation) chosen by (i, v) alone: the DISTINCT_VIEWS (dy, dx, flip) combinations (162 for
 padding 4) are ranked by a counter-based hash of (i, combination) and view v is the v-th of that
 ranking. So a sample's views are distinct, the same on every device, in every trial and epoch, and
@@ -25,8 +25,8 @@ as float16 (half the bytes; float16 resolves a logit to about 1e-3 of its size).
 has the V=1 identity table, the logits on the plain training set, kept in float32 (N x K is small,
 and those runs' numbers stay exactly as when each trial computed them).
 
-In the teacher store. A teacher loaded from a `TeacherStore` carries its origin (`mark_origin`); its
-table is then `<store>/<teacher key>/views_<key>.pt`, with `views_<key>.json` beside it, the commit
+In the teacher store. A teacher taken from a `TeacherStore` (`TeacherStore.teacher`) is a `StoredTeacher`:
+the model, told its store entry (store, key, stop epoch); its table is then `<store>/<teacher key>/views_<key>.pt`, with `views_<key>.json` beside it, the commit
 record (SHA-256, bytes, shape, what it was computed from). The table's key hashes the teacher key,
 its stop epoch, the training data (SHA-256 of the training tensor: whatever produced the split, the
 same data gives the same table), the view definition, V and the dtype. Written atomically, the table
@@ -47,20 +47,21 @@ import pickle
 import socket
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import torch
 from torch import Tensor, nn
 
-from .augment import CROP_PADDING, crop_flip
-from .errors import KdxError
+from explorer.data.augment import CROP_PADDING, crop_flip
+from explorer.errors import KdxError
+from explorer.storage import TeacherStoreWarning
 
-__all__ = ["TeacherViews", "VIEW_DEFINITION", "compute_view_logits", "data_fingerprint", "mark_origin",
+__all__ = ["TeacherViews", "VIEW_DEFINITION", "compute_view_logits", "data_fingerprint", "StoredTeacher",
            "stored_view_logits", "teacher_views", "view_images", "view_params"]
 
 log = logging.getLogger("kdx.views")
 
-ORIGIN = "kdx_store_origin"  # attribute a store-loaded teacher carries: (store, key, stop epoch)
 SCHEMA = 1
 _M32 = 0xFFFFFFFF
 # What fixes the images of (sample, view): part of every table's key (change it, and every table changes).
@@ -153,7 +154,7 @@ class TeacherViews:
 
     def draw(self, idx: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
         """One view per sample of `idx`: (B,) with one generator, or (S, B) with one per fused member
-        (explorer/fused.py), each member drawing from its own generator as a solo run would."""
+        (explorer/training/fused.py), each member drawing from its own generator as a solo run would."""
         gens = generator if isinstance(generator, list) else [generator]
         rows = idx.view(len(gens), -1)
         v = torch.stack([torch.randint(0, self.views, r.shape, generator=g, device=idx.device)
@@ -181,34 +182,43 @@ class TeacherViews:
         return [t[idx, 0 if v is None else v].float() for t in self.tables]
 
 
-def teacher_views(teachers: list[nn.Module], splits, views: int) -> TeacherViews | None:
-    """The trainer's `TeacherViews` for `teachers` on `splits` (`views` = the recipe's V; 0 = live),
-    from the store for teachers loaded from one, else computed here; None where the teacher must run
-    live (augmented data with views 0)."""
+@dataclass(frozen=True)
+class StoredTeacher:
+    """A teacher model from a teacher store, with its entry there (`key` at stop epoch `epoch`): where its
+    logits on fixed views are kept. A trainer takes it wherever it takes a teacher module."""
+
+    model: nn.Module
+    store: object  # the TeacherStore it came from
+    key: str
+    epoch: int
+
+
+def module_of(teacher) -> nn.Module:
+    """The model of a teacher given as a module or as a `StoredTeacher`."""
+    return teacher.model if isinstance(teacher, StoredTeacher) else teacher
+
+
+def teacher_views(teachers: list, splits, views: int) -> TeacherViews | None:
+    """The trainer's `TeacherViews` for `teachers` (modules, or `StoredTeacher`s) on `splits` (`views` = the
+    recipe's V; 0 = live): read from (or written to) the store entry of a StoredTeacher, else computed
+    here; None where the teacher must run live (augmented data with views 0)."""
     augmented = splits.augment == "crop_flip"
     if augmented and not views or splits.augment not in ("none", "crop_flip"):
         return None
-    origins = [getattr(t, ORIGIN, None) for t in teachers]
     n_views, x, fingerprint = (views if augmented else 1), splits.train_x, None
     tables = []
-    for t, origin in zip(teachers, origins):
-        if origin is None:
+    for t in teachers:
+        if not isinstance(t, StoredTeacher):
             tables.append(compute_view_logits(t, x, n_views, augmented))
             continue
         fingerprint = fingerprint or data_fingerprint(x)
-        store, key, epoch = origin
-        table = stored_view_logits(store, key, epoch, t, x, n_views, augmented, splits.num_classes, fingerprint)
+        table = stored_view_logits(t.store, t.key, t.epoch, t.model, x, n_views, augmented, splits.num_classes,
+                                   fingerprint)
         tables.append(table.to(x.device))
     return TeacherViews(tables, x, augmented)
 
 
 # ---------------------------------------------------------------- in the teacher store
-def mark_origin(model: nn.Module, store, key: str, epoch: int) -> nn.Module:
-    """Record on a teacher loaded from `store` where it came from (its tables are kept there)."""
-    setattr(model, ORIGIN, (store, key, int(epoch)))
-    return model
-
-
 def data_fingerprint(x: Tensor) -> str:
     """SHA-256 of the training tensor's shape, dtype and bytes: the identity of the data a table is of."""
     h = hashlib.sha256(f"{tuple(x.shape)} {x.dtype}".encode())
@@ -254,8 +264,6 @@ def _read_or_warn(store, key: str, name: str, shape: tuple, dtype: torch.dtype) 
     try:
         return _read_table(store, key, name, shape, dtype)
     except _Broken as b:
-        from .store import TeacherStoreWarning  # here: the store imports the trainer, which imports this module
-
         msg = f"teacher store: {store.files.display(store.files.join(key, name + '.pt'))}: {b}; it will be rebuilt"
         log.warning(msg)
         warnings.warn(msg, TeacherStoreWarning, stacklevel=4)

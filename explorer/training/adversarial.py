@@ -1,10 +1,10 @@
 """Adversarial training (seed 003 section 4.4): the hook the training loop calls on each batch.
 
-`make_adversary(cfg, splits)` returns None (plain training) or a callable
+`make_adversary(cfg, splits)` returns `clean` (plain training: the batch itself) or a callable
 `adversary(model, x, y, generator) -> x'`: the batch the model trains on. With `adversarial_steps: k`
 in the recipe, x' is L-inf PGD-k on the model being trained (Madry et al. 2018, seed 003 eq. 5: from a
 random start in the eps-ball, k signed-gradient steps on the CE loss, each projected back onto the ball
-and onto the training split's pixel box; `explorer.attacks.pgd`). The teacher's outputs are always taken
+and onto the training split's pixel box; `explorer.training.attacks.pgd`). The teacher's outputs are always taken
 on the clean batch, so kd / tf_kd_self / tf_kd_reg with the adversary on are seed 003's AT Tf-KD-self
 (eq. 6: teacher on x, student on x') and AT Tf-KD-reg (eq. 7), and `ce` is plain adversarial training.
 
@@ -19,14 +19,20 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from .attacks import PGD, pgd, pixel_box
+from explorer.training.attacks import PGD, pgd, pixel_box
 
 Adversary = Callable[[nn.Module, Tensor, Tensor, object], Tensor]
 
 
-def make_adversary(cfg, splits) -> Adversary | None:
+def clean(model: nn.Module, x: Tensor, y: Tensor, generator) -> Tensor:
+    """No adversary: the student trains on the clean batch."""
+    return x
+
+
+def make_adversary(cfg, splits) -> Adversary:
+    """The batch the student trains on: PGD's x' within `adversarial_eps` of x, or x itself (`clean`)."""
     if not cfg.adversarial_steps:
-        return None
+        return clean
     box = pixel_box(splits.train_x)
     attack = PGD(eps=cfg.adversarial_eps, step=cfg.adversarial_step, steps=cfg.adversarial_steps, random_start=True)
 

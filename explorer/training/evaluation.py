@@ -1,6 +1,6 @@
 """Evaluation: logits in inference mode, and the per-epoch metrics a trained model gets from them.
 
-`epoch_scores` turns the val and test logits of one model (or of each fused member, explorer/fused.py)
+`epoch_scores` turns the val and test logits of one model (or of each fused member, explorer/training/fused.py)
 into the metrics every epoch reports: accuracy and CE loss per split, agreement with the teacher, the
 class counts of the training split as used, and the accuracy on classes it lacks (seed 003 section 4.1).
 """

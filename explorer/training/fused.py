@@ -28,7 +28,7 @@ member's hyperparameters reach its own loss as vmapped values, so its gradient i
 gradient; its learning rate scales its own SGD step (`scale_grads`): torch's SGD step is -lr times a
 direction that is linear in the gradient plus weight decay (momentum and Nesterov included), so
 scaling that sum by lr_s / lr makes the step the one its solo run takes. Members may distil from
-different teachers too (explorer/member_teachers.py). Everything else (architecture, epochs, batch
+different teachers too (explorer/training/teacher_signal.py). Everything else (architecture, epochs, batch
 size, schedule, momentum, weight decay, data) sets the one fused model and its loop, so members
 must share it.
 """
@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import KdxError
-from .methods import LossInputs, Method, get_method
+from explorer.errors import KdxError
+from explorer.methods import LossInputs, Method, get_method
+from explorer.models import build_model
 
 # An op without a vmap batching rule falls back to a loop over members, and torch says so on every call
 # (kdx's own losses avoid F.kl_div for that reason; a method plugin's loss might not)
@@ -219,6 +220,21 @@ def evaluate_problem(evaluate) -> str | None:
 def member_problem(cfg) -> str | None:
     """Why runs of the TrainConfig `cfg` cannot train as fused members, or None."""
     return adversarial_problem(cfg.adversarial_steps) or fuse_problem(get_method(cfg.method))
+
+
+def fused_problem(cfg, evaluate=None, num_classes: int | None = None, input_shape: tuple | None = None) -> str | None:
+    """Why runs of the TrainConfig `cfg` cannot train as fused members, or None: the one rule the spec,
+    the plan and the confirmation ask. The method or the recipe trains one model at a time
+    (`member_problem`), an `evaluate:` section's attack needs one model, or (given the data's shape) two
+    students of `cfg.arch` do not fuse into one whose forward equals theirs (`fuse_models`)."""
+    problem = member_problem(cfg) or (evaluate_problem(evaluate) if evaluate is not None else None)
+    if problem is not None or num_classes is None:
+        return problem
+    try:
+        fuse_models([build_model(cfg.arch, num_classes, input_shape) for _ in range(2)], torch.zeros(2, *input_shape))
+    except KdxError as e:
+        return str(e)
+    return None
 
 
 def member_losses(loss_terms, inputs: LossInputs, hp: dict,
