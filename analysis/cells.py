@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from explorer.spec.sections import CELL_LISTS as CELL_PARAMS
 from explorer.tracking import KIND_CONFIRM, KIND_SEARCH
 
 from .configs import Answer, completed, config_token, config_value, is_baseline, no_teacher, plain, students
 from .gain import gain_statistics
-from .runs import typed
+from .runs import load_trials, typed
 
-CELL_PARAMS = ("teacher", "teacher_stop_epoch")
 CONFIG_SHOWN = ("method", "temperature", "alpha", "kd_stop_epoch")
 
 
@@ -224,6 +224,26 @@ def confirmed_cells(df: pd.DataFrame, confidence: float = 0.95) -> Answer:
     if len(table) and "teacher_params" in table:
         table = table.sort_values(["student", "teacher_params", *cells], na_position="last", kind="stable")
     return Answer(table.reset_index(drop=True), plain(by_student))
+
+
+def load_answer(experiment: str, tracking_uri: str | None = None, confidence: float = 0.95) -> Answer:
+    """The confirmed answer of `experiment`, read from MLflow: `confirmed_cells` over the trials of
+    its latest search (`load_trials(experiment, tracking_uri)`), with `confidence` intervals; what
+    `kdx analyze`'s report leads with, as pandas.
+
+    `.table`: one row per student x cell (the cell params: teacher, teacher_stop_epoch and any
+    `confirm.cells` of the spec), confirmed or not (`status`); a confirmed cell holds its config
+    (`method`, `temperature`, `alpha`, `kd_stop_epoch`), `n_seeds`, the val and test means over the
+    confirm seeds with their intervals (`val_mean`, `val_low`, `val_high`, `test_*`), whether it is
+    `in_sweet_spot`, how much worse than the best it is on val (`worse_by`, `worse_low`,
+    `worse_high`, Holm-adjusted `p_holm`) and its paired KD gain over CE on test (`gain_test`,
+    `gain_test_low`, `gain_test_high`).
+    `.by_student`: per student, `confirmed` (False until `kdx confirm` ran) and then the `best` cell,
+    the `sweet_spot` (labels of the cells not significantly worse than the best), the `separated`
+    cells, the confirmed CE `baseline`, the best cell's `kd_gain` (`val_acc` and `test_acc`: diff,
+    interval, test) and the capacity curve over `teachers`.
+    """
+    return confirmed_cells(load_trials(experiment, tracking_uri), confidence)
 
 
 def headline_metrics(answer: Answer) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from explorer.cli import command, print_json
+from explorer.cli.commands import command, print_json
 from explorer.errors import KdxError
 
 

@@ -7,7 +7,7 @@ with base seed `s` (the spec's teacher recipe, dataset and `teachers.distill`):
 
 * the sequence is generation 0 = `a` (trained with CE, seed s, the "scratch teacher") and the
   born-again generations 1..g = the teacher entries `a^1` .. `a^g` (generation k has seed s + k and is
-  distilled from generation k - 1 with `teachers.distill`; see explorer.spec.parse_teacher);
+  distilled from generation k - 1 with `teachers.distill`; see explorer.teachers.entries.parse_teacher);
 * the scratch models are the g + 1 CE-trained models `a:s<s>`, `a:s<s+1>`, ..., `a:s<s+g>` (the first
   one is generation 0 itself, as in seed 004, whose "Scratch Err." is the first generation's);
 
@@ -37,9 +37,10 @@ import torch.nn.functional as F
 
 from explorer.errors import KdxError, bad_value
 from explorer.models import is_known_model
-from explorer.spec import SearchSpec, load_spec
-from explorer.store import TeacherRecipe, TeacherStore
-from explorer.teachers import parse_teacher, teacher_chains
+from explorer.spec.search import SearchSpec, load_spec
+from explorer.teachers.entries import parse_teacher, teacher_chains
+from explorer.teachers.store import TeacherRecipe, TeacherStore
+from explorer.training.build import ensure_teacher
 
 ROWS = ("scratch", "last_generation", "generations_ensemble", "scratch_ensemble")
 
@@ -106,7 +107,7 @@ def generation_plan(spec: SearchSpec | str | Path, store_root: str, arch: str | 
     """(plan, {"generations": [store keys, gen 0..g], "scratch": [store keys, g + 1 seeds]}).
 
     The entries of `generation_entries` (final epochs only, no early-stop schedule) walked with the
-    spec's teacher recipe and `teachers.distill` (explorer.teachers.teacher_chains): the plan's
+    spec's teacher recipe and `teachers.distill` (explorer.teachers.entries.teacher_chains): the plan's
     `recipes` and `stops` are what `TeacherStore.ensure` needs to build the missing models."""
     spec = _as_spec(spec)
     arch, generations = _defaults(spec, arch, generations)
@@ -136,7 +137,7 @@ def build_generations(spec, store_root: str, arch: str | None = None, generation
             continue
         if on_build is not None:
             on_build(key, recipe.label())
-        store.ensure(recipe, plan.stops[key], device=device)
+        ensure_teacher(store, recipe, plan.stops[key], device=device)
         built.append(key)
     return built
 
@@ -155,8 +156,8 @@ def compare_generations(store_root: str, spec: SearchSpec | str | Path, arch: st
     Returns one row per comparison (ROWS order) with columns model, arch, generations, n_models,
     members (teacher entries joined by '+'), keys, val_acc, test_acc. Raises KdxError, before any
     evaluation, naming the models missing from the store."""
-    from explorer.data import load_splits
-    from explorer.evaluation import predict_logits
+    from explorer.data.splits import load_splits
+    from explorer.training.evaluation import predict_logits
 
     spec = _as_spec(spec)
     plan, keys = generation_plan(spec, store_root, arch, generations, seed)

@@ -4,7 +4,7 @@ analysis/generations.py for the exact definition."""
 
 from __future__ import annotations
 
-from explorer.cli import command, print_json
+from explorer.cli.commands import command, print_json
 
 
 def _generations_args(p):
@@ -22,9 +22,9 @@ def _generations_args(p):
 @command("generations", "born-again generations vs an ensemble of as many scratch models (seed 004 table 4)",
          _generations_args)
 def cmd_generations(args):
-    from explorer.spec import load_spec
-    from explorer.store import default_store_root
-    from explorer.train import default_device
+    from explorer.spec.search import load_spec
+    from explorer.teachers.store import default_store_root
+    from explorer.training.loop import default_device
 
     from .generations import build_generations, compare_generations
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .configs import Answer, as_float, best_trial, config_columns, config_token, distilled, plain, students, varying_columns
+from .configs import (Answer, as_float, best_trial, config_columns, config_token, distilled, plain, students,
+                      varying_columns)
 
 MIN_IMPORTANCE_TRIALS = 4
 
@@ -33,6 +34,54 @@ def _bin(values: pd.Series, max_levels: int, n_bins: int, log: bool):
     return labels, edges[idx], edges[idx + 1]
 
 
+def _ta_pool(pool: pd.DataFrame, best: pd.Series, scope: str) -> tuple[pd.DataFrame, str]:
+    """(runs, scope used) for one student: `scope` "auto" resolved to "sweet_spot" (the runs with the
+    best run's teacher and stop epoch) when that checkpoint has at least 4 distinct (T, alpha) pairs,
+    else "all"."""
+    at_ss = pool[(pool["teacher"] == best["teacher"]) & (pool["teacher_stop_epoch"] == best["teacher_stop_epoch"])]
+    n_pairs = len(at_ss[["temperature", "alpha"]].drop_duplicates())
+    used = scope if scope != "auto" else ("sweet_spot" if n_pairs >= 4 else "all")
+    if used not in ("sweet_spot", "all"):
+        raise ValueError(f"scope: got {scope!r}; allowed: auto, sweet_spot, all")
+    return (at_ss if used == "sweet_spot" else pool), used
+
+
+def _ta_cells(pool: pd.DataFrame, max_levels: int, n_bins: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs with their T and alpha bins, one row per (T, alpha) cell: its bounds, n and score stats)."""
+    pool = pool.copy()
+    pool["T_bin"], pool["T_lo"], pool["T_hi"] = _bin(pool["temperature"], max_levels, n_bins, log=True)
+    pool["alpha_bin"], pool["alpha_lo"], pool["alpha_hi"] = _bin(pool["alpha"], max_levels, n_bins, log=False)
+    cells = (pool.groupby(["T_bin", "alpha_bin"], sort=False)
+             .agg(T_lo=("T_lo", "first"), T_hi=("T_hi", "first"), alpha_lo=("alpha_lo", "first"),
+                  alpha_hi=("alpha_hi", "first"), n=("score", "size"), mean=("score", "mean"),
+                  std=("score", "std"), max=("score", "max"), test_mean=("test_acc", "mean"))
+             .reset_index().sort_values(["T_lo", "alpha_lo"]).reset_index(drop=True))
+    return pool, cells
+
+
+def _ta_facts(pool: pd.DataFrame, cells: pd.DataFrame, best: pd.Series, used: str, top_k: int,
+              flat_threshold: float) -> dict:
+    """One student's `by_student` entry of `temperature_alpha_map`."""
+    bc = best_trial(cells, "mean")
+    scores = pool["score"].sort_values(ascending=False).to_numpy()
+    k = min(top_k, len(scores))
+    spread = float(scores[0] - scores[k - 1])
+    at_ss = used == "sweet_spot"
+    return {
+        "scope": used, "teacher": best["teacher"] if at_ss else None,
+        "teacher_stop_epoch": as_float(best["teacher_stop_epoch"]) if at_ss else None,
+        "n_runs": int(len(pool)), "n_cells": int(len(cells)),
+        "best_cell": {"temperature": bc["T_bin"], "alpha": bc["alpha_bin"], "mean": float(bc["mean"]), "n": int(bc["n"])},
+        "best_run": {"temperature": as_float(best["temperature"]), "alpha": as_float(best["alpha"]),
+                     "val_acc": as_float(best["score"]), "test_acc": as_float(best["test_acc"])},
+        "cell_mean_range": float(cells["mean"].max() - cells["mean"].min()),
+        "top_k": int(k), "top_k_spread": spread, "flat": bool(spread <= flat_threshold),
+        "flat_threshold": float(flat_threshold),
+        "temperature_marginal": {f"{t:g}": float(v) for t, v in pool.groupby("T_lo")["score"].mean().items()},
+        "alpha_marginal": {f"{a:g}": float(v) for a, v in pool.groupby("alpha_lo")["score"].mean().items()},
+    }
+
+
 def temperature_alpha_map(df: pd.DataFrame, scope: str = "auto", max_levels: int = 6, n_bins: int = 5,
                           top_k: int = 5, flat_threshold: float = 0.01) -> Answer:
     """Mean student val_acc over (T, alpha) cells (seed 001 table 1).
@@ -53,43 +102,11 @@ def temperature_alpha_map(df: pd.DataFrame, scope: str = "auto", max_levels: int
     for student in students(kd):
         pool = kd[kd["student"] == student]
         best = best_trial(pool)
-        at_ss = pool[(pool["teacher"] == best["teacher"]) & (pool["teacher_stop_epoch"] == best["teacher_stop_epoch"])]
-        n_pairs = len(at_ss[["temperature", "alpha"]].drop_duplicates())
-        used = scope if scope != "auto" else ("sweet_spot" if n_pairs >= 4 else "all")
-        if used == "sweet_spot":
-            pool = at_ss
-        elif used != "all":
-            raise ValueError(f"scope: got {scope!r}; allowed: auto, sweet_spot, all")
-        pool = pool.copy()
-        pool["T_bin"], pool["T_lo"], pool["T_hi"] = _bin(pool["temperature"], max_levels, n_bins, log=True)
-        pool["alpha_bin"], pool["alpha_lo"], pool["alpha_hi"] = _bin(pool["alpha"], max_levels, n_bins, log=False)
-        cells = (pool.groupby(["T_bin", "alpha_bin"], sort=False)
-                 .agg(T_lo=("T_lo", "first"), T_hi=("T_hi", "first"), alpha_lo=("alpha_lo", "first"),
-                      alpha_hi=("alpha_hi", "first"), n=("score", "size"), mean=("score", "mean"),
-                      std=("score", "std"), max=("score", "max"), test_mean=("test_acc", "mean"))
-                 .reset_index().sort_values(["T_lo", "alpha_lo"]).reset_index(drop=True))
+        pool, used = _ta_pool(pool, best, scope)
+        pool, cells = _ta_cells(pool, max_levels, n_bins)
         cells.insert(0, "student", student)
         tables.append(cells)
-        bc = best_trial(cells, "mean")
-        scores = pool["score"].sort_values(ascending=False).to_numpy()
-        k = min(top_k, len(scores))
-        t_marg = pool.groupby("T_lo")["score"].mean()
-        a_marg = pool.groupby("alpha_lo")["score"].mean()
-        spread = float(scores[0] - scores[k - 1])
-        by_student[student] = {
-            "scope": used, "teacher": best["teacher"] if used == "sweet_spot" else None,
-            "teacher_stop_epoch": as_float(best["teacher_stop_epoch"]) if used == "sweet_spot" else None,
-            "n_runs": int(len(pool)), "n_cells": int(len(cells)),
-            "best_cell": {"temperature": bc["T_bin"], "alpha": bc["alpha_bin"], "mean": float(bc["mean"]),
-                          "n": int(bc["n"])},
-            "best_run": {"temperature": as_float(best["temperature"]), "alpha": as_float(best["alpha"]),
-                         "val_acc": as_float(best["score"]), "test_acc": as_float(best["test_acc"])},
-            "cell_mean_range": float(cells["mean"].max() - cells["mean"].min()),
-            "top_k": int(k), "top_k_spread": spread, "flat": bool(spread <= flat_threshold),
-            "flat_threshold": float(flat_threshold),
-            "temperature_marginal": {f"{t:g}": float(v) for t, v in t_marg.items()},
-            "alpha_marginal": {f"{a:g}": float(v) for a, v in a_marg.items()},
-        }
+        by_student[student] = _ta_facts(pool, cells, best, used, top_k, flat_threshold)
     cols = ["student", "T_bin", "alpha_bin", "T_lo", "T_hi", "alpha_lo", "alpha_hi", "n", "mean", "std", "max",
             "test_mean"]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=cols)

@@ -126,5 +126,5 @@ def write_omitted(d, table: pd.DataFrame, counts: pd.DataFrame, confidence: floa
             lines.append(f"Seed 000 Table VI used {SEED000[0]} and {SEED000[1]} (ratio {SEED000[0] / SEED000[1]:g}) "
                          "of CIFAR-10's full 50,000 training images; kdx holds a validation split out of them, so the "
                          "largest class can hold at most what the split leaves (4500 at val_fraction 0.1). Keeping the "
-                         "ratio keeps the seed's class distribution at 0.9 times its size (explorer/data.py).")
+                         "ratio keeps the seed's class distribution at 0.9 times its size (explorer/data/condition.py).")
         d.bullets(lines)

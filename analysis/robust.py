@@ -1,7 +1,7 @@
 """Robust accuracy per method, teacher and adversarial training (seed 003 section 4.4, table 5).
 
 Trials of a spec with `evaluate: {robust: true}` log `robust_acc_pgd` (test accuracy under the training
-attack's PGD, or PGD-7) and `robust_acc_pgd50` (PGD-50 from several random starts; explorer/attacks.py).
+attack's PGD, or PGD-7) and `robust_acc_pgd50` (PGD-50 from several random starts; explorer/training/attacks.py).
 Per student x method x teacher x `student.adversarial_steps` (the CE-only runs included: table 5's "no
 teacher" row), the config is the best completed trial by final val_acc (`best_config_rows`), and its
 clean and robust test accuracies are averaged over its seeds, each seed once, with a t interval.

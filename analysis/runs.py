@@ -39,19 +39,8 @@ import numpy as np
 import pandas as pd
 
 from explorer.errors import KdxError
-from explorer.tracking import (
-    EPOCH_METRICS,
-    default_tracking_uri,
-    KIND_TAG,
-    PARENT_TAG,
-    ROLE_SEARCH,
-    ROLE_TAG,
-    ROLE_TRIAL,
-    STATUS_TAG,
-    TEACHER_KEY_TAG,
-    TRIAL_ID_TAG,
-    TRIAL_PARAMS,
-)
+from explorer.tracking import (EPOCH_METRICS, KIND_TAG, PARENT_TAG, ROLE_TAG, ROLE_TRIAL, STATUS_TAG, TEACHER_KEY_TAG,
+                               TRIAL_ID_TAG, TRIAL_PARAMS, default_tracking_uri, latest_search)
 
 ID_COLUMNS = ("run_id", "run_name", "trial_id", "status", "kind", "teacher_key", "parent_run_id",
               "mlflow_status", "start_time")
@@ -186,9 +175,7 @@ def _role_filter(role: str) -> str:
 def find_parent_run(experiment: str, tracking_uri: str | None = None):
     """The latest run (by start time) tagged `kdx.role=search` in `experiment`, or None."""
     client, exp_id, _ = _open(experiment, tracking_uri)
-    page = client.search_runs([exp_id], filter_string=_role_filter(ROLE_SEARCH), max_results=1,
-                              order_by=["attributes.start_time DESC"])
-    return page[0] if len(page) else None
+    return latest_search(client, exp_id)
 
 
 @contextmanager

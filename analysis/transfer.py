@@ -1,7 +1,7 @@
 """Adversarial transferability per method and teacher (seed 000 section IV-D, Fig. 1's last column).
 
 Trials of a spec with `evaluate: {transfer: true}` log `transfer_rate`: the success rate on the student
-of PGD examples made on its teacher (explorer/attacks.py). Here, per student x method x teacher x
+of PGD examples made on its teacher (explorer/training/attacks.py). Here, per student x method x teacher x
 teacher stop epoch, the config is chosen the way every best config is chosen (its best completed trial
 by final val_acc, `rank_trials`), and that config's transfer rates are averaged over its seeds, each
 seed counted once, with a t interval. Configs are never pooled: a cell is one config's seeds.

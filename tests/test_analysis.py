@@ -562,12 +562,18 @@ def truth(store):
     """The trials of EXP2, logged to the same SQLite store and read back with `load_trials`."""
     from analysis import load_trials
 
-    client = store["client"]
-    exp_id = client.create_experiment(EXP2, artifact_location=(store["dir"] / "artifacts2").as_uri())
-    parent = client.create_run(exp_id, run_name="search", tags={tr.ROLE_TAG: tr.ROLE_SEARCH})
-    for i, t in enumerate(one_truth_trials()):
-        _log_trial(client, exp_id, parent.info.run_id, i, t)
+    log_experiment(store, EXP2, "artifacts2", one_truth_trials())
     return load_trials(EXP2, store["uri"])
+
+
+def log_experiment(store, name: str, artifacts: str, trials: list[dict]) -> str:
+    """A second experiment in the store's database: a search parent run and `trials` under it; its id."""
+    client = store["client"]
+    exp_id = client.create_experiment(name, artifact_location=(store["dir"] / artifacts).as_uri())
+    parent = client.create_run(exp_id, run_name="search", tags={tr.ROLE_TAG: tr.ROLE_SEARCH})
+    for i, t in enumerate(trials):
+        _log_trial(client, exp_id, parent.info.run_id, i, t)
+    return parent.info.run_id
 
 
 def test_load_trials_keeps_every_logged_param_and_metric(truth):
@@ -666,6 +672,66 @@ def test_param_importance_takes_every_varied_config_param():
     imp = param_importance(f, seed=0).by_student["s"]["importances"]
     assert set(imp) == {"student.schedule", "student.lr", "teacher"}
     assert imp["student.schedule"] > .5
+
+
+# ================================================================ cells.py: the confirmed answer, scripted
+
+CONFIRMED_EXP = "capacity_gap_confirmed"
+CONFIRM_SEEDS = [100, 101, 102, 103, 104]
+CONFIRM_NOISE = np.array([.01, -.02, .015, 0., -.005])   # a per-seed effect every arm shares (pairing)
+# cell -> (test_acc level, per-seed jitter); val_acc = test_acc + .01. t3@20 is the best; t4@10 lies within
+# the noise of it (paired differences .005 + [.01, -.012, .008, -.009, .003]); t2@20 is clearly worse
+CONFIRM_CELLS = {("t3", 20): (.84, np.array([.005, -.006, .004, -.0045, .0015])),
+                 ("t4", 10): (.835, np.array([-.005, .006, -.004, .0045, -.0015])),
+                 ("t2", 20): (.75, np.array([0., .004, -.003, .002, -.001]))}
+CONFIRM_CE = .70
+
+
+def confirm_trials() -> list[dict]:
+    """The confirmation stage of a search of S1: every cell's config over fresh seeds, the CE baseline with
+    the same seeds, and one search trial of a cell that was never confirmed (t1@30)."""
+    out = [_trial(teacher="t1", stop=30, val=.70)]
+    for (teacher, stop), (level, jitter) in CONFIRM_CELLS.items():
+        out += [_trial(teacher=teacher, stop=stop, seed=seed, kind=tr.KIND_CONFIRM, val=level + n + j + .01,
+                       test=level + n + j) for seed, n, j in zip(CONFIRM_SEEDS, CONFIRM_NOISE, jitter)]
+    out += [_trial(teacher=None, seed=seed, kind=tr.KIND_CONFIRM, method="ce", val=CONFIRM_CE + n + .01,
+                   test=CONFIRM_CE + n) for seed, n in zip(CONFIRM_SEEDS, CONFIRM_NOISE)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def confirmed_store(store):
+    """A second experiment in the store's database: a search whose confirmation stage ran."""
+    store["client"].set_terminated(log_experiment(store, CONFIRMED_EXP, "confirmed", confirm_trials()), "FINISHED")
+    return {"uri": store["uri"], "experiment": CONFIRMED_EXP}
+
+
+def test_load_answer_is_the_confirmed_cells_of_the_logged_runs(confirmed_store):
+    import analysis
+    from analysis import confirmed_cells, load_answer, load_trials
+
+    assert {"confirmed_cells", "load_answer"} <= set(analysis.__all__)
+    ans = load_answer(confirmed_store["experiment"], confirmed_store["uri"])
+    direct = confirmed_cells(load_trials(confirmed_store["experiment"], confirmed_store["uri"]), 0.95)
+    pd.testing.assert_frame_equal(ans.table, direct.table)
+    assert json.dumps(ans.by_student, sort_keys=True) == json.dumps(direct.by_student, sort_keys=True)
+
+    f = ans.by_student[S1]
+    assert f["confirmed"] and f["n_cells"] == len(CONFIRM_CELLS) and f["unconfirmed"] == 1
+    assert (f["best"]["teacher"], f["best"]["teacher_stop_epoch"], f["best"]["n_seeds"]) == ("t3", 20, 5)
+    assert f["best"]["test_mean"] == pytest.approx(np.mean(.84 + CONFIRM_NOISE))
+    assert sorted(f["sweet_spot"]) == ["teacher=t3, teacher_stop_epoch=20", "teacher=t4, teacher_stop_epoch=10"]
+    assert [s["label"] for s in f["separated"]] == ["teacher=t2, teacher_stop_epoch=20"]
+    gain = f["kd_gain"]["test_acc"]           # paired over the 5 shared seeds: the shared noise cancels
+    d = (.84 + CONFIRM_CELLS[("t3", 20)][1]) - CONFIRM_CE
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert gain["test"] == "paired t" and gain["diff"] == pytest.approx(d.mean())
+    assert (gain["ci_low"], gain["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    t = ans.table.set_index("teacher")
+    assert t.loc["t1", "status"] == "not confirmed yet" and bool(t.loc["t4", "in_sweet_spot"])
+    assert not bool(t.loc["t2", "in_sweet_spot"])
+    assert load_answer(confirmed_store["experiment"], confirmed_store["uri"], confidence=0.5).by_student[S1][
+        "confidence"] == 0.5
 
 
 # ================================================================ report.py, commands.py

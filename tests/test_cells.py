@@ -11,7 +11,7 @@ import pytest
 from analysis.cells import confirmed_cells, headline_metrics, holm
 from analysis.runs import param_values
 from analysis.words import confirmed_words
-from explorer.spec import parse_spec
+from explorer.spec.search import parse_spec
 from explorer.tracking import TRIAL_PARAMS
 from trainables.plan import make_plan
 
