@@ -1,4 +1,4 @@
-"""The `kdx` entry point: each layer registers its commands into the registry in explorer/cli.py,
+"""The `kdx` entry point: each layer registers its commands into the registry in explorer/cli/commands.py,
 and this module runs the one parser.
 
 `explorer` (core commands: models, datasets, methods, train), `trainables` (validate, search,
@@ -14,13 +14,13 @@ import importlib
 import sys
 
 # The modules that register commands, lightest first; their order is the order of `kdx --help`.
-COMMAND_MODULES = ("explorer.cli", "explorer.train_cli", "trainables.search_commands", "analysis.commands",
+COMMAND_MODULES = ("explorer.cli.commands", "explorer.cli.train", "trainables.search_commands", "analysis.commands",
                    "analysis.generations_cli", "trainables.commands", "kdx.confirm")
 
 
 def register(name: str | None = None) -> dict:
     """Import the command modules until `name` is registered (all of them for None); the registry."""
-    registry = importlib.import_module("explorer.cli").COMMANDS
+    registry = importlib.import_module("explorer.cli.commands").COMMANDS
     for module in COMMAND_MODULES:
         if name is not None and name in registry:
             break
@@ -29,16 +29,16 @@ def register(name: str | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import explorer.cli
+    import explorer.cli.commands
     from trainables.connect import check_address
-
-    explorer.cli.FLAG_CHECKS["address"] = check_address  # every command's --address: one check, one sentence
 
     argv = sys.argv[1:] if argv is None else list(argv)
     name = argv[0] if argv and not argv[0].startswith("-") else None
     # `kdx --version` needs no command; `kdx --help` (or no command) lists them all.
-    registry = explorer.cli.COMMANDS if argv[:1] == ["--version"] else register(name)
-    return explorer.cli.run(argv, only=name if name in registry else None)
+    registry = explorer.cli.commands.COMMANDS if argv[:1] == ["--version"] else register(name)
+    # every command's --address: one check, one sentence (Ray's side, so added here)
+    return explorer.cli.commands.run(argv, only=name if name in registry else None,
+                                     flag_checks={"address": check_address})
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.runs import param_values
 from analysis.configs import cell_configs
-from explorer.spec import parse_spec
+from analysis.runs import param_values
+from explorer.spec.search import parse_spec
 from explorer.tracking import TRIAL_PARAMS
 from trainables.confirm import confirm_points
 from trainables.plan import make_plan

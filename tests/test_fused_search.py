@@ -8,12 +8,12 @@ import statistics
 from collections import defaultdict
 
 import pytest
-
-from explorer.data import load_splits
-from explorer.spec import parse_spec
-from explorer.tracking import MEMBER_TAG, STATUS_TAG
-from explorer.train import Trainer
 from test_search import TINY, by_role, kdx, runs_of, write_spec
+
+from explorer.data.splits import load_splits
+from explorer.spec.search import parse_spec
+from explorer.tracking import MEMBER_TAG, STATUS_TAG
+from explorer.training.loop import Trainer
 from trainables.plan import make_plan
 
 
@@ -73,13 +73,14 @@ def test_a_fused_baseline_member_is_its_seeds_solo_run(fused_search):
 
 def test_a_student_that_does_not_fuse_is_refused_before_anything_starts(monkeypatch, tmp_path):
     """A registered student whose forward mixes the channels of its conv (a flip) cannot train fused: the
-    plan refuses `search.fuse_seeds` in one sentence naming the student, before Ray or MLflow start."""
+    spec refuses `search.fuse_seeds` in one sentence naming the student, before Ray or MLflow start, and
+    the plan and the confirmation ask the same rule (`fused_problem`)."""
     import torch
     from torch import nn
 
     from explorer.errors import KdxError
     from explorer.models import KdxModel, register_family, registry
-    from trainables.plan import check_fused_search
+    from explorer.tracking import KIND_CONFIRM
 
     monkeypatch.setattr(registry, "_FAMILIES", list(registry._FAMILIES))  # the real registry stays as is
 
@@ -95,10 +96,11 @@ def test_a_student_that_does_not_fuse_is_refused_before_anything_starts(monkeypa
     def _flipper(m):
         return lambda num_classes, shape: Flipper(int(m.group(1)), num_classes, shape[-1])
 
-    spec = parse_spec(TINY | {"student": TINY["student"] | {"arch": "flipper4"},
-                              "search": TINY["search"] | {"fuse_seeds": True}})
+    flipper = TINY | {"student": TINY["student"] | {"arch": "flipper4"}}
     with pytest.raises(KdxError, match=r"^search\.fuse_seeds: got true, but student 'flipper4' with method 'kd' "
                                        r"cannot train fused \(members: architecture 'flipper4' mixes channels"):
-        check_fused_search(make_plan(spec, str(tmp_path / "store")))
-    check_fused_search(make_plan(parse_spec(TINY | {"search": TINY["search"] | {"fuse_seeds": True}}),
-                                 str(tmp_path / "store")))  # the tiny spec's cnn1d_w4 fuses
+        parse_spec(flipper | {"search": TINY["search"] | {"fuse_seeds": True}})
+    plan = make_plan(parse_spec(flipper), str(tmp_path / "store"))  # unfused, the spec is fine
+    cell = {"method": "kd", "teacher": TINY["teachers"]["archs"][0], "teacher_stop_epoch": TINY["student"]["epochs"]}
+    assert "mixes channels" in plan.fuse_problem(cell, KIND_CONFIRM)
+    parse_spec(TINY | {"search": TINY["search"] | {"fuse_seeds": True}})  # the tiny spec's cnn1d_w4 fuses

@@ -2,8 +2,8 @@
 experiment opens in the classic ML view (its runs table, not the GenAI overview), and the parent run
 of a search shows its headline metrics.
 
-The experiment and the parent run are made by kdx's own code: `trainables.search.parent_run` (which
-creates the experiment with `trainables.zoo.experiment_id`, tagged for the classic view), the headline
+The experiment and the parent run are made by kdx's own code: `trainables.tracking.parent.ParentRun` (which
+creates the experiment with `trainables.tracking.store.experiment_id`, tagged for the classic view), the headline
 numbers by `analysis.cells.headline_metrics` on the confirmed answer of tests/test_cells.py's frame, put
 on the parent run by `analysis.attach_to_parent` (as `kdx analyze` does). A real search would take minutes.
 
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from procs import mlflow_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,7 +29,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def classic_url(server: str, experiment_id: str, run_id: str | None = None) -> str:
     """The address of an experiment (or one of its runs) in the classic ML view: the one kdx prints."""
-    from trainables.zoo import classic_page
+    from trainables.tracking.store import classic_page
 
     return f"{server}/{classic_page(experiment_id, run_id)}"
 
@@ -61,14 +60,15 @@ def search(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium not installed: apt-get install chromium to run the MLflow UI check")
     from mlflow.tracking import MlflowClient
+    from test_cells import SPEC, confirm_rows, frame
 
     from analysis import attach_to_parent
     from analysis.cells import confirmed_cells, headline_metrics
-    from explorer.spec import parse_spec
-    from test_cells import SPEC, confirm_rows, frame
+    from explorer.spec.search import parse_spec
+    from trainables.locations import locations
     from trainables.plan import make_plan
-    from trainables.search import locations, parent_run
-    from trainables.zoo import CLASSIC_VIEW
+    from trainables.tracking.parent import ParentRun
+    from trainables.tracking.store import CLASSIC_VIEW
 
     tmp = tmp_path_factory.mktemp("mlflow_ui")
     with mlflow_server(tmp) as uri:
@@ -76,8 +76,9 @@ def search(tmp_path_factory):
         loc = locations(storage=str(tmp / "results"), tracking_uri=uri)
         plan = make_plan(spec, loc.store_root)
         client = MlflowClient(tracking_uri=uri)
-        exp_id, run_id = parent_run(client, spec, yaml.safe_dump(SPEC), plan, spec.name, False, loc)
-        client.set_terminated(run_id, "FINISHED")
+        parent = ParentRun(uri)
+        exp_id, run_id = parent.open(spec, yaml.safe_dump(SPEC), plan, loc)
+        parent.close("FINISHED")
         headline = headline_metrics(confirmed_cells(frame(plan, confirm_rows())))
         assert attach_to_parent([], spec.name, uri, metrics=headline) == run_id
         assert client.get_experiment(exp_id).tags.items() >= CLASSIC_VIEW.items()

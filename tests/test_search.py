@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-
-from explorer.data import load_splits
-from explorer.spec import parse_spec
-from explorer.tracking import EARLIER_EPOCHS, MEMBER_TAG, PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
-from explorer.train import Trainer
-from trainables.plan import make_plan
-
 from procs import free_port, mlflow_server, stop_tree
+
+from explorer.data.splits import load_splits
+from explorer.spec.search import parse_spec
+from explorer.tracking import EARLIER_EPOCHS, MEMBER_TAG, PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
+from explorer.training.loop import Trainer
+from trainables.clock import TRIAL_EPOCHS
+from trainables.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
@@ -63,14 +63,18 @@ def by_role(runs, role):
     return [r for r in runs if r.data.tags.get(ROLE_TAG) == role]
 
 
+STORAGE = "shared"  # the `searched` fixture's --storage, under its directory
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """The quickstart shrunk (tests/specs/tiny.yaml): 2 teachers x 2 stop epochs, 8 Optuna trials, 2 baselines."""
+    """The quickstart shrunk (tests/specs/tiny.yaml): 2 teachers x 2 stop epochs, 8 Optuna trials, 2 baselines;
+    with an explicit --storage (results and teachers under ./shared), the tracking store at its default."""
     cwd = tmp_path_factory.mktemp("search")
     # report_seconds 60: a trial reports to Tune only at the rungs (epochs 1 and 3) and at its last epoch
     spec = write_spec(cwd / "tiny.yaml", search=TINY["search"] | {"asha": {"grace_period": 1, "reduction_factor": 3},
                                                                    "report_seconds": 60})
-    proc = kdx(cwd, "search", str(spec), "--json")
+    proc = kdx(cwd, "search", str(spec), "--storage", STORAGE, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     return cwd, proc
 
@@ -81,9 +85,11 @@ def test_reports_come_at_rungs_and_the_last_epoch_carrying_the_epochs_between(se
     steps of their own (`test_every_trial_is_a_child_run_with_epoch_metrics`)."""
     cwd, _ = searched
     seen = {}
-    for result_file in glob.glob(str(cwd / "kdx_runs" / "ray_results" / "*" / "*" / "result.json")):
+    for result_file in glob.glob(str(cwd / STORAGE / "ray_results" / "*" / "*" / "result.json")):
         lines = [json.loads(line) for line in Path(result_file).read_text().splitlines()]
         seen[result_file] = [(r["epoch"], [e["epoch"] for e in r.get(EARLIER_EPOCHS, ())]) for r in lines]
+        # every report says how long its trial is (trainables/clock.py): KD and CE trials, the student's epochs
+        assert {r[TRIAL_EPOCHS] for r in lines} == {4}, result_file
     search = [v for k, v in seen.items() if "__baseline" not in k]
     baseline = [v for k, v in seen.items() if "__baseline" in k]
     assert len(search) == 8 and len(baseline) == 2, sorted(seen)
@@ -144,7 +150,7 @@ def test_each_teacher_built_once_and_pruned_trials_told_to_optuna(searched):
     for r in pruned:
         assert len(client.get_metric_history(r.info.run_id, "val_acc")) < 4
     # The searcher state Ray saved (our own file): Optuna holds PRUNED, not COMPLETE, for those trials.
-    (state_file,) = glob.glob(str(cwd / "kdx_runs" / "ray_results" / "tiny" / "searcher-state-*.pkl"))
+    (state_file,) = glob.glob(str(cwd / STORAGE / "ray_results" / "tiny" / "searcher-state-*.pkl"))
     with open(state_file, "rb") as f:
         study = pickle.load(f)["_ot_study"]
     states = [t.state.name for t in study.trials]
@@ -300,10 +306,17 @@ def test_diverging_trials_end_as_diverged_and_the_search_carries_on(tmp_path):
 
 def test_confirm_then_analyze_on_the_real_search(searched):
     """`kdx confirm` re-runs every cell's best config and the baseline with the spec's fresh seeds;
-    `kdx analyze` reads it all back and states the confirmed answer first."""
+    `kdx analyze` reads it all back and states the confirmed answer first.
+
+    The search was given --storage, the confirmation is not (as the README's command table shows it):
+    the confirmation still belongs to the search (issue 22): it adds its trials under the search's
+    parent run and keeps its results beside the search's, reusing the search's teachers."""
     cwd, _ = searched
     proc = kdx(cwd, "confirm", "tiny", "--json")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert glob.glob(str(cwd / STORAGE / "ray_results" / "tiny__confirm_*" / "*" / "result.json"))
+    assert not (cwd / "kdx_runs" / "ray_results").exists() and not (cwd / "kdx_runs" / "teachers").exists()
+    assert "reused" in proc.stdout and " built" not in proc.stdout  # the search's teachers
     client, runs = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
     trials = by_role(runs, "trial")
     searched_runs = [r for r in trials if r.data.tags["kdx.kind"] == "search"
@@ -385,6 +398,25 @@ def test_confirm_then_analyze_on_the_real_search(searched):
     assert parent.data.metrics["kd_gain_test"] == pytest.approx(g["diff"])
     assert parent.data.metrics["best_test_acc"] == pytest.approx(confirmed["best"]["test_mean"])
     assert parent.data.metrics["best_n_seeds"] == 2
+
+
+def test_a_confirmation_refuses_a_storage_or_name_that_is_not_its_searchs(searched):
+    """The search's parent run records where its files are; a confirmation told another --storage, or
+    the name of no search, is refused in one sentence before anything starts."""
+    cwd, _ = searched
+    _, runs = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
+    (parent,) = by_role(runs, "search")
+    assert parent.data.tags["kdx.storage"] == str(cwd / STORAGE)
+    other = kdx(cwd, "confirm", "tiny", "--storage", "elsewhere")
+    err = other.stderr.strip().splitlines()
+    assert other.returncode == 2 and len(err) == 1, other.stderr[-3000:]
+    assert "--storage" in err[0] and "'elsewhere'" in err[0] and str(cwd / STORAGE) in err[0]
+    missing = kdx(cwd, "confirm", "nosuch")
+    err = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2 and len(err) == 1 and "NAME" in err[0] and "'nosuch'" in err[0], missing.stderr
+    assert not (cwd / "elsewhere").exists()
+    _, after = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
+    assert len(by_role(after, "search")) == 1
 
 
 def test_trials_checkpoint_at_every_asha_rung_and_the_last_epoch():

@@ -14,12 +14,14 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from kdx import cli
-from explorer.data import DataSpec
+from explorer.config import TrainConfig
+from explorer.data.condition import DataSpec
 from explorer.errors import KdxError
-from explorer.store import TeacherRecipe, TeacherStore, TeacherStoreWarning
+from explorer.storage import TeacherStoreWarning
+from explorer.teachers.store import TeacherRecipe, TeacherStore
 from explorer.tracking import ROLE_TAG, ROLE_TEACHER, TEACHER_KEY_TAG
-from explorer.train import TrainConfig
+from explorer.training.build import ensure_teacher
+from kdx import cli
 from trainables import zoo
 from trainables.locks import lock_registry, ray_key_lock, store_lock
 from trainables.zoo import build_zoo
@@ -171,7 +173,7 @@ def test_store_uses_the_injected_lock_and_warns_without_one_on_object_stores(tmp
 
     r = recipe("mlp_16x1", epochs=1)
     store = TeacherStore(str(tmp_path / "teachers"), lock=provider)
-    assert store.ensure(r, [])[1] and held == [r.key()]
+    assert ensure_teacher(store, r, [])[1] and held == [r.key()]
     assert not (tmp_path / "teachers" / f"{r.key()}.lock").exists()  # the default file lock was not used
     with pytest.raises(KdxError, match="lock: got 'ray'; allowed: a callable"):
         TeacherStore(str(tmp_path / "other"), lock="ray")
@@ -179,14 +181,14 @@ def test_store_uses_the_injected_lock_and_warns_without_one_on_object_stores(tmp
     mem = TeacherStore("mock:///teachers")
     assert not mem.local
     with pytest.warns(TeacherStoreWarning, match="no cross-process lock"):
-        rec, built = mem.ensure(r, [])
+        rec, built = ensure_teacher(mem, r, [])
     assert built and mem.verify() == [] and mem.load_model(rec.key)[1]["epoch"] == 1
     assert held == [r.key()]
 
 
 def test_the_store_needs_no_ray():
     """The lock lives on the Ray side: importing the store (recipe, storage) loads no Ray module."""
-    code = "import sys, explorer.store; assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'ray'"
+    code = "import sys, explorer.teachers.store; assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'ray'"
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=repo))
 

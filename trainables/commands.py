@@ -1,21 +1,22 @@
-"""`kdx` commands that need Ray (registered into explorer.cli's command registry on import).
+"""`kdx` commands that need Ray (registered into explorer.cli.commands's command registry on import).
 
 Imports of Ray, MLflow and torch happen inside the commands, so `kdx --help` stays fast.
 """
 
 from __future__ import annotations
 
+import argparse  # noqa: E402
+
+from explorer.cli.commands import (add_data_arguments, add_recipe_arguments, command, data_spec_from_args,  # noqa: E402
+                                   int_list, print_json, recipe_from_args, str_list)
+from explorer.errors import KdxError, bad_value  # noqa: E402
 
 # =====================================================================================
-# `kdx teachers {build,list,verify,gc}`: the teacher zoo (trainables/zoo.py, explorer/store.py)
+# `kdx teachers {build,list,verify,gc}`: the teacher zoo (trainables/zoo.py, explorer/teachers/store.py)
 # Self-contained section: everything it uses is imported or defined between these two banners.
 # =====================================================================================
 
-import argparse  # noqa: E402
 
-from explorer.cli import (add_data_arguments, add_recipe_arguments, command,  # noqa: E402
-                          data_spec_from_args, int_list, print_json, recipe_from_args, str_list)
-from explorer.errors import KdxError, bad_value  # noqa: E402
 
 
 def _human_bytes(n: int) -> str:
@@ -28,7 +29,7 @@ def _human_bytes(n: int) -> str:
 
 
 def _teacher_store(args):
-    from explorer.store import TeacherStore, default_store_root
+    from explorer.teachers.store import TeacherStore, default_store_root
 
     return TeacherStore(args.store or default_store_root())
 
@@ -73,11 +74,10 @@ def _teachers_build_check(args) -> None:
         raise bad_value("--retries", args.retries, "allowed: a whole number >= 0")
 
 
-def _teachers_build(args) -> int:
-    from explorer.store import TeacherRecipe, check_stop_epochs
+def _build_requests(args) -> list:
+    """(TeacherRecipe, stop epochs) per architecture and seed of the flags, each checked."""
+    from explorer.teachers.store import TeacherRecipe, check_stop_epochs
 
-    local = not args.address or args.address == "local"
-    address = args.address or "local"  # checked (explorer.cli.FLAG_CHECKS) before this runs
     spec = data_spec_from_args(args)
     requests = []
     for arch in args.arch:
@@ -86,26 +86,25 @@ def _teachers_build(args) -> int:
             recipe.validate()
             check_stop_epochs(args.stop_epochs, recipe.train.epochs)
             requests.append((recipe, list(args.stop_epochs)))
-    store = _teacher_store(args)
-    from explorer.tracking import absolute_tracking_uri
-    from trainables.zoo import build_zoo
+    return requests
 
+
+def _build_on_ray(args, requests: list, store, tracking_uri: str | None) -> list:
+    """The zoo's results; Ray is started (and stopped) only when something has to be built (all reused:
+    answered from the store)."""
     import ray
 
-    from .connect import check_cluster_resources, prepare_tracking
+    from .connect import check_cluster_resources
+    from .zoo import build_zoo
 
-    tracking_uri = absolute_tracking_uri(args.tracking_uri)
-    if tracking_uri:
-        prepare_tracking(tracking_uri)
-
+    local = not args.address or args.address == "local"
     started = False
-    # Ray is started only when something has to be built (all reused: answered from the store).
     if not ray.is_initialized() and any(store.complete(r, s) is None for r, s in requests):
         kwargs = {"include_dashboard": False} if local else {}
         if local and args.num_cpus:
             kwargs["num_cpus"] = args.num_cpus
-        try:
-            ray.init(address=address, **kwargs)
+        try:  # the address was checked (explorer.cli.commands.run, its flag_checks) before this runs
+            ray.init(address=args.address or "local", **kwargs)
         except ConnectionError as e:
             raise KdxError(f"--address: could not connect to Ray at {args.address!r} ({e}).") from None
         started = True
@@ -113,12 +112,16 @@ def _teachers_build(args) -> int:
         if started:
             check_cluster_resources([("--cpus-per-teacher", "CPU", args.cpus_per_teacher),
                                      ("--gpus-per-teacher", "GPU", args.gpus_per_teacher)])
-        results = build_zoo(requests, store.root, cpus_per_teacher=args.cpus_per_teacher,
-                            gpus_per_teacher=args.gpus_per_teacher, retries=args.retries,
-                            tracking_uri=tracking_uri, experiment=args.experiment)
+        return build_zoo(requests, store.root, cpus_per_teacher=args.cpus_per_teacher,
+                         gpus_per_teacher=args.gpus_per_teacher, retries=args.retries,
+                         tracking_uri=tracking_uri, experiment=args.experiment)
     finally:
         if started:
             ray.shutdown()
+
+
+def _print_built(args, results: list, store) -> int:
+    """One line per teacher and a total (the last line: JSON with --json); 1 when a build failed."""
     rows = []
     for r in results:
         if r.status == "failed":
@@ -136,6 +139,19 @@ def _teachers_build(args) -> int:
     if args.json:
         print_json({"store": store.root, "teachers": rows})
     return 1 if failed else 0
+
+
+def _teachers_build(args) -> int:
+    from explorer.tracking import absolute_tracking_uri
+
+    from .tracking.store import prepare_tracking
+
+    requests = _build_requests(args)
+    store = _teacher_store(args)
+    tracking_uri = absolute_tracking_uri(args.tracking_uri)
+    if tracking_uri:
+        prepare_tracking(tracking_uri)
+    return _print_built(args, _build_on_ray(args, requests, store, tracking_uri), store)
 
 
 def _teachers_list_args(p):

@@ -1,4 +1,4 @@
-"""The cluster-wide teacher build lock, on the Ray side, injected into `explorer.store.TeacherStore`.
+"""The cluster-wide teacher build lock, on the Ray side, injected into `explorer.teachers.store.TeacherStore`.
 
 explorer knows no cluster: its store takes a lock provider (`key -> context manager`), and by
 default uses a file lock on local and shared-filesystem roots. Object stores (s3://, gs://,

@@ -10,14 +10,14 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
-from explorer.data import DATASETS
-from explorer.errors import KdxError
+from explorer.data.registry import DATASETS
 from explorer.methods import get_method
 from explorer.models import build_model, count_params
-from explorer.recipe import TeacherRecipe
-from explorer.spec import SearchSpec
-from explorer.teachers import parse_teacher, teacher_chains, teacher_kind
+from explorer.spec.search import SearchSpec
+from explorer.teachers.entries import parse_teacher, teacher_chains, teacher_kind
+from explorer.teachers.recipe import TeacherRecipe
 from explorer.tracking import KIND_BASELINE, KIND_SEARCH, METHOD_PARAMS, NO_TEACHER, RECIPE_PARAMS
+from explorer.training.fused import fused_problem
 
 
 def teacher_slot(arch: str, stop: int, variant: dict | None = None) -> str:
@@ -32,7 +32,7 @@ class Plan:
     dataset: str
     student: str  # the spec's student architecture (the first, when it is searched)
     spec: SearchSpec
-    epochs: int
+    epochs: int  # the student's (its recipe; a two-stage method runs its init stage before them)
     num_classes: int
     input_shape: tuple
     fixed: dict
@@ -50,24 +50,17 @@ class Plan:
     def student_params(self) -> int:
         return self.sizes[self.student]
 
+    @property
+    def trial_epochs(self) -> int:
+        """The longest trial of the space (init stages included): ASHA's max_t, and the length taken for
+        a report that does not carry its trial's own (trainables/clock.py)."""
+        return self.spec.trial_epochs()
+
     def fuse_problem(self, point: dict, kind: str) -> str | None:
-        """Why the seeds of trial `point` cannot train as fused members (explorer/fused.py), or None:
-        the method or the recipe trains one model at a time, an `evaluate:` attack needs one model, or
-        two students of its architecture do not fuse into one whose forward equals theirs."""
-        import torch
-
-        from explorer.fused import evaluate_problem, fuse_models, member_problem
-
+        """Why the seeds of trial `point` cannot train as fused members, or None: the one rule
+        (explorer/training/fused.py `fused_problem`) on the trial's own TrainConfig and the data's shape."""
         train = self.settings(point | {"seed": 0}, kind)["train"]
-        problem = member_problem(train) or evaluate_problem(self.spec.evaluate)
-        if problem is not None:
-            return problem
-        try:
-            fuse_models([build_model(train.arch, self.num_classes, self.input_shape) for _ in range(2)],
-                        torch.zeros(2, *self.input_shape))
-        except KdxError as e:
-            return str(e)
-        return None
+        return fused_problem(train, self.spec.evaluate, self.num_classes, self.input_shape)
 
     def settings(self, config: dict, kind: str = KIND_SEARCH) -> dict:
         """Every value of one trial, by param name: the fixed ones overlaid with the trial's searched
@@ -190,20 +183,3 @@ def trial_label(settings: dict) -> str:
         parts.append(f"Tt={settings['teacher_temperature']:.3g}")
     parts.append(f"s{settings['seed']}")
     return " ".join(parts)
-
-
-def check_fused_search(plan: Plan) -> None:
-    """With `search.fuse_seeds`, every student architecture fuses with every method (and CE, for the
-    baselines): refused in one sentence before anything starts, never a failed trial."""
-    spec = plan.spec
-    if not spec.search.fuse_seeds:
-        return
-    axes = spec.searched_axes()
-    base = {k: a.values()[0] if a.kind in ("choice", "grid") else a.representative() for k, a in axes.items()}
-    methods = axes["method"].values() if "method" in axes else [plan.fixed["method"]]
-    for arch in spec.student_archs():
-        for method in [*methods, "ce"]:
-            problem = plan.fuse_problem(base | {"student": arch, "method": method}, KIND_SEARCH)
-            if problem is not None:
-                raise KdxError(f"search.fuse_seeds: got true, but student {arch!r} with method {method!r} cannot "
-                               f"train fused ({problem}); allowed: false for this spec (each seed its own trial).")

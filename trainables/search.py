@@ -1,114 +1,38 @@
 """`kdx search`: plan the teacher zoo, build what is missing, run the student search on Ray Tune.
 
-Two Tune experiments per search, both children of one MLflow parent run:
+Two Tune experiments per search, both children of one MLflow parent run (trainables/tracking/parent.py):
 - `<name>`: the searched KD trials, ASHA-scheduled, proposed by Optuna TPE (or random / grid);
 - `<name>__baseline`: the CE-only students, one per seed, never pruned and never shown to the
   searcher (they answer "how much does KD gain", not "which config is best").
-`--resume` restores both from their experiment state: finished trials are not rerun, unfinished
-ones continue from their last checkpoint, and their MLflow runs are reopened, not duplicated.
+`--resume` reopens the latest search's parent run and restores both from their experiment state, at
+the storage the parent recorded: finished trials are not rerun, unfinished ones continue from their
+last checkpoint, and their MLflow runs are reopened, not duplicated.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from explorer.cli import check_tracking_uri
-from explorer.data import load_splits
+from explorer.data.splits import load_splits
 from explorer.errors import KdxError
-from explorer.spec import SearchSpec
-from explorer.tracking import (
-    COMPLETED, FAILED, INTERRUPTED, KIND_BASELINE, KIND_SEARCH, ROLE_SEARCH, ROLE_TAG, RUN_DIR, absolute_tracking_uri,
-    default_tracking_uri, is_better,
-)
+from explorer.spec.search import SearchSpec
+from explorer.tracking import COMPLETED, FAILED, INTERRUPTED, KIND_BASELINE, KIND_SEARCH, is_better, latest_search
 
-from .callbacks import MlflowTrialLogger, SearchProgress, trial_status
-from .connect import (OPEN_RUNS, check_address, check_cluster_resources, heartbeat, open_experiment, owner_tags,
-                      prepare_tracking, quiet_ray_logs, refuse_rerun)
-from .plan import Plan, check_fused_search, make_plan, trial_label
+from .callbacks import SearchProgress, trial_status
+from .connect import check_address, check_cluster_resources, quiet_ray_logs
+from .locations import Locations, locations, move_aside
+from .plan import Plan, make_plan, trial_label
 from .searcher import tune_setup
-from .zoo import classic_page
 from .student import FAULT_ENV, train_student
-
-
-@dataclass
-class Locations:
-    run_dir: Path
-    storage: str  # Ray results (local path or URI)
-    store_root: str  # teacher store (local path or URI)
-    tracking_uri: str
-
-
-def locations(storage: str | None = None, tracking_uri: str | None = None) -> Locations:
-    """Where results, teachers and runs go: under ./kdx_runs unless told otherwise; all absolute."""
-    run_dir = Path.cwd() / RUN_DIR
-    if storage and "://" not in storage:
-        storage = str(Path(storage).resolve())
-    store_root = f"{storage.rstrip('/')}/teachers" if storage else str(run_dir / "teachers")
-    storage = storage or str(run_dir / "ray_results")
-    return Locations(run_dir, storage, store_root, absolute_tracking_uri(tracking_uri or default_tracking_uri()))
-
-
-def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail within seconds, in one sentence, when the tracking URI is malformed, cannot be created or
-    does not answer (explorer.cli.check_tracking_uri); then create a fresh SQLite store under a lock."""
-    check_tracking_uri(uri, timeout_s=timeout_s)
-    prepare_tracking(uri)
-
-
-def move_aside(loc: Locations, names: list[str]) -> None:
-    """--fresh: an earlier search's Ray results move to `<name>.before-<time>`, so Tune starts anew."""
-    import pyarrow.fs as pafs
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for name in names:
-        path = f"{loc.storage.rstrip('/')}/{name}"
-        fs, where = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-        if fs.get_file_info(where).type != pafs.FileType.NotFound:
-            fs.move(where, f"{where}.before-{stamp}")
-
-
-# ------------------------------------------------------------------ mlflow parent run
-
-
-def parent_run(client: MlflowClient, spec: SearchSpec, spec_text: str, plan: Plan, exp_path: str,
-               resume: bool, loc: Locations) -> tuple[str, str]:
-    """(experiment id, parent run id); a resumed search reopens the parent it started with."""
-    from .zoo import experiment_id
-
-    owner = owner_tags()
-    exp_id = experiment_id(client, spec.name, loc.tracking_uri)
-    if resume:
-        runs = client.search_runs([exp_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}' and "
-                                  f"tags.`kdx.ray_experiment` = '{exp_path}'", order_by=["start_time DESC"],
-                                  max_results=1)
-        if runs:
-            client.update_run(runs[0].info.run_id, status="RUNNING")
-            for k, v in owner.items():
-                client.set_tag(runs[0].info.run_id, k, v)
-            return exp_id, runs[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"{spec.name} search {time.strftime('%Y-%m-%d %H:%M')}",
-                            tags={ROLE_TAG: ROLE_SEARCH, "kdx.ray_experiment": exp_path, "kdx.spec_name": spec.name,
-                                  **owner})
-    rid = run.info.run_id
-    params = {"dataset": plan.dataset, "student": plan.student, "student_params": plan.student_params,
-              "teachers": ",".join(spec.teachers.archs), "teacher_stop_epochs": ",".join(map(str, spec.teachers.stops())),
-              "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
-              "searched": ",".join(spec.searched_axes()) or "none", "seeds": ",".join(map(str, spec.seeds)),
-              "baseline": spec.baseline, "n_teachers": len(plan.recipes),
-              "confirm_seeds": ",".join(map(str, spec.confirm.seeds)), "confirm_cells": ",".join(spec.cell_params())}
-    from mlflow.entities import Param
-
-    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
-    client.log_text(rid, spec_text, "spec.yaml")
-    client.log_dict(rid, {"teacher_keys": plan.teacher_keys, "fixed": plan.fixed}, "plan.json")
-    return exp_id, rid
-
+from .tracking.owners import heartbeat
+from .tracking.parent import ParentRun, check_resumable, refuse_rerun, search_locations
+from .tracking.store import check_tracking, classic_page, open_experiment
+from .tracking.trial_runs import MlflowTrialLogger
 
 # ------------------------------------------------------------------ the run
 
@@ -169,7 +93,7 @@ def _fit(setup: ExperimentSetup, spec: SearchSpec, plan: Plan, splits_ref, loc: 
 
     if isinstance(setup.searcher, BasicVariantGenerator):  # Tune ignores max_concurrent_trials for it
         setup.searcher.max_concurrent = max_concurrent or s.max_concurrent
-    path = f"{loc.storage.rstrip('/')}/{setup.name}"
+    path = loc.experiment_path(setup.name)
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -205,13 +129,14 @@ class Outcome:
 
 
 def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
-    from explorer.store import TeacherStore
+    from explorer.teachers.store import TeacherStore
 
     # A local store that does not exist yet holds nothing; do not create it for a dry run.
     exists = "://" in plan.store_root or os.path.isdir(plan.store_root)
     store = TeacherStore(plan.store_root) if exists else None
     out(f"search {spec.name!r}: {plan.dataset}, student {plan.student} ({plan.student_params:,} params), "
-        f"{spec.student.epochs} epochs")
+        f"{spec.student.epochs} epochs" + (f" (up to {spec.trial_epochs()} with a two-stage method's init stage)"
+                                           if spec.trial_epochs() > spec.student.epochs else ""))
     for key, recipe in plan.recipes.items():
         rec = store.get(key) if store else None
         have = set(rec.checkpoints) if rec else set()
@@ -230,33 +155,39 @@ def describe_plan(spec: SearchSpec, plan: Plan, loc: Locations, out) -> None:
     out(f"  results {loc.storage}\n  teachers {plan.store_root}\n  tracking {loc.tracking_uri}")
 
 
+def _planned(spec: SearchSpec, loc: Locations, out) -> Plan:
+    plan = make_plan(spec, loc.store_root)  # (fused search trials were checked with the spec: fused_problem)
+    describe_plan(spec, plan, loc, out)
+    return plan
+
+
 def run_search(spec: SearchSpec, spec_text: str, *, num_samples: int | None = None, dry_run: bool = False,
                out=print, **where) -> Outcome | None:
     """Plan, build teachers, run the CE baselines and the KD search; `where`: address, storage,
-    tracking_uri, resume, max_concurrent."""
-    loc = locations(where.pop("storage", None), where.pop("tracking_uri", None))
-    plan = make_plan(spec, loc.store_root)
-    check_fused_search(plan)
-    describe_plan(spec, plan, loc, out)
+    tracking_uri, resume, fresh, max_concurrent. `resume` continues the latest search's parent run,
+    at the storage it recorded."""
+    storage, fresh, resume = where.pop("storage", None), where.pop("fresh", False), where.get("resume", False)
+    loc = locations(storage, where.pop("tracking_uri", None))
     if dry_run:
+        _planned(spec, loc, out)
         return None
     check_tracking(loc.tracking_uri)  # before anything is built or started
-    fresh = where.pop("fresh", False)
-    exp = open_experiment(MlflowClient(tracking_uri=loc.tracking_uri), spec.name, out)
-    refuse_rerun(MlflowClient(tracking_uri=loc.tracking_uri), exp, spec.name, where.get("resume", False), fresh)
+    client = MlflowClient(tracking_uri=loc.tracking_uri)
+    exp = open_experiment(client, spec.name, out)
+    last = latest_search(client, exp.experiment_id if exp else None)
+    refuse_rerun(last, spec.name, resume, fresh)
+    if resume and last is not None:
+        loc = search_locations(last, storage, loc.tracking_uri)
+        check_resumable(last, loc, spec.name)
+    plan = _planned(spec, loc, out)
     setups = ([baseline_setup(spec)] if spec.baseline else []) + [search_setup(spec, num_samples)]
     if fresh:
         move_aside(loc, [s.name for s in setups])
-    return run_experiments(spec, spec_text, plan, loc, setups, out=out, **where)
+    parent = ParentRun(loc.tracking_uri, last.info.run_id if resume and last is not None else None)
+    return run_experiments(spec, spec_text, plan, loc, setups, parent, out=out, **where)
 
 
-def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations, setups: list[ExperimentSetup], *,
-                    address: str | None = None, resume: bool = False, max_concurrent: int | None = None,
-                    out=print, what: str = "search") -> Outcome:
-    """Ray up, MLflow parent run, teachers built or reused, then each experiment in turn."""
-    import ray
-
-    address = check_address(address)  # one sentence within seconds, never a hang in ray.init
+def _quiet_tune() -> None:
     # Ray warns on every checkpoint of a fast trial; kdx checkpoints every epoch on purpose.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter honours verbose=0; kdx prints its own progress
@@ -264,6 +195,17 @@ def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations
     # TensorBoard writers re-flatten every result, which costs the driver seconds per trial when a
     # result carries the rows of 16 fused members (and the driver shares the trials' cores)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations, setups: list[ExperimentSetup],
+                    parent: ParentRun, *, address: str | None = None, resume: bool = False,
+                    max_concurrent: int | None = None, out=print, what: str = "search") -> Outcome:
+    """Ray up, the MLflow parent run opened (created, or reopened), teachers built or reused, then each
+    experiment in turn. The caller has checked the tracking store (`check_tracking`)."""
+    import ray
+
+    address = check_address(address)  # one sentence within seconds, never a hang in ray.init
+    _quiet_tune()
     splits = load_splits(spec.data_spec())  # before Ray: a missing dataset fails fast, in one sentence
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if FAULT_ENV in os.environ else {}
     started_ray = not ray.is_initialized()
@@ -274,19 +216,14 @@ def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations
         res = spec.resources
         check_cluster_resources([(f"resources.{who}.{r.lower()}s", r, getattr(getattr(res, who), r.lower() + "s"))
                                  for who in ("trial", "teacher") for r in ("CPU", "GPU")])
-        check_tracking(loc.tracking_uri)
-        client = MlflowClient(tracking_uri=loc.tracking_uri)
-        open_experiment(client, spec.name, out)
-        exp_path = f"{loc.storage.rstrip('/')}/{spec.name}"
-        exp_id, parent_id = parent_run(client, spec, spec_text, plan, exp_path, resume, loc)
+        exp_id, parent_id = parent.open(spec, spec_text, plan, loc)
     except BaseException:
         if started_ray:
             ray.shutdown()
         raise
     status = "FAILED"
-    OPEN_RUNS.add(parent_id)
     try:
-        with heartbeat(loc.tracking_uri):
+        with heartbeat(loc.tracking_uri, exp_id):
             outcome = _run_all(spec, plan, splits, loc, setups, exp_id, parent_id, resume, max_concurrent, out, what)
         status = "KILLED" if outcome.interrupted else "FAILED" if outcome.trials.get(FAILED) else "FINISHED"
         return outcome
@@ -294,8 +231,7 @@ def run_experiments(spec: SearchSpec, spec_text: str, plan: Plan, loc: Locations
         status = "KILLED"
         raise
     finally:
-        OPEN_RUNS.discard(parent_id)
-        client.set_terminated(parent_id, status)
+        parent.close(status)
         if started_ray:
             ray.shutdown()
 
@@ -351,7 +287,7 @@ def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc)
     best, interrupted = None, False
     for setup in setups:
         with quiet_ray_logs():  # an interrupted trial's missing files are counted below, not warned about
-            trials = ExperimentAnalysis(f"{loc.storage.rstrip('/')}/{setup.name}").trials
+            trials = ExperimentAnalysis(loc.experiment_path(setup.name)).trials
         missing = setup.expected - len(trials)
         if missing > 0:
             counts["not started"] = counts.get("not started", 0) + missing
@@ -361,7 +297,7 @@ def summarize(spec, plan, setups: list[ExperimentSetup], exp_id, parent_id, loc)
                 interrupted = True
                 st = INTERRUPTED
             else:
-                st = FAILED if trial.status == "ERROR" else trial_status(trial, plan.epochs)
+                st = FAILED if trial.status == "ERROR" else trial_status(trial, plan)
             counts[st] = counts.get(st, 0) + 1
             v = (trial.last_result or {}).get(spec.search.metric)
             if setup.kind != KIND_BASELINE and st == COMPLETED and is_better(v, best and best[1], spec.search.mode):
@@ -386,7 +322,7 @@ def report_outcome(spec, outcome: Outcome, loc: Locations, out, what: str = "sea
         b = outcome.best
         out(f"best config by {spec.search.metric}: {b['label']}  {spec.search.metric} {b[spec.search.metric]:.4f}  "
             f"(test_acc {b['test_acc']:.4f}, reported, not used to choose)")
-    out(f"results: {loc.storage}/{spec.name}\nteachers: {loc.store_root}")
+    out(f"results: {loc.experiment_path(spec.name)}\nteachers: {loc.store_root}")
     # MLflow 3.17's UI picks its GenAI or classic (model training) view from the page address, not from
     # the experiment's tag: the printed address asks for the classic runs table.
     page = classic_page(outcome.experiment_id)

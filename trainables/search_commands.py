@@ -1,8 +1,8 @@
-"""`kdx validate` and `kdx search`, registered with the CLI in explorer/cli.py."""
+"""`kdx validate` and `kdx search`, registered with the CLI in explorer/cli/commands.py."""
 
 from __future__ import annotations
 
-from explorer.cli import command, print_json
+from explorer.cli.commands import command, print_json
 
 EXIT_OK, EXIT_USER, EXIT_INTERRUPTED, EXIT_TRIALS_FAILED = 0, 2, 3, 4
 SEARCH_EPILOG = f"""exit status:
@@ -22,7 +22,7 @@ def _validate_args(p):
 
 @command("validate", "check a search spec without running it", _validate_args)
 def cmd_validate(args):
-    from explorer.spec import load_spec
+    from explorer.spec.search import load_spec
 
     spec, _ = load_spec(args.spec)
     axes = spec.searched_axes()
@@ -33,7 +33,9 @@ def cmd_validate(args):
 def _search_args(p):
     p.add_argument("spec", metavar="SPEC", help="a search spec (YAML), e.g. searches/quickstart.yaml")
     p.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto, or HOST:PORT)")
-    p.add_argument("--storage", default=None, help="Ray results and teacher store: a shared path or URI")
+    p.add_argument("--storage", default=None, help="a shared path or URI holding the Ray results (ray_results/) and "
+                   "the teacher store (teachers/), laid out as ./kdx_runs is by default; the search's parent run "
+                   "records it for --resume and `kdx confirm`")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite under ./kdx_runs)")
     p.add_argument("--resume", action="store_true", help="continue the experiment's last search (interrupted or "
                    "not): finished trials are kept, unfinished ones continue from their checkpoints")
@@ -48,7 +50,7 @@ def _search_args(p):
 
 def _search_check(args):
     """Flags first, before anything heavy is imported (torch, Ray, MLflow): each refusal is one sentence.
-    (--address and --tracking-uri are checked next, for every command: explorer.cli.FLAG_CHECKS.)"""
+    (--address and --tracking-uri are checked next, for every command: explorer.cli.commands.run, its flag_checks.)"""
     from explorer.errors import bad_value
 
     for flag in ("max_concurrent", "num_samples", "epochs"):
@@ -63,7 +65,7 @@ def _search_check(args):
          check=_search_check)
 def cmd_search(args):
     from explorer.errors import bad_value
-    from explorer.spec import load_spec
+    from explorer.spec.search import load_spec
 
     spec, text = load_spec(args.spec)
     if args.epochs:

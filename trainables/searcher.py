@@ -3,9 +3,12 @@ and grid search), and an Optuna searcher that is told which trials ASHA pruned."
 
 from __future__ import annotations
 
-from explorer.axes import Axis
 from explorer.errors import KdxError
-from explorer.spec import SearchSpec
+from explorer.spec.axes import Axis
+from explorer.spec.search import SearchSpec
+from explorer.tracking import DIVERGED, PRUNED
+
+from .clock import trial_outcome
 
 
 def _tune_domain(axis: Axis):
@@ -28,11 +31,12 @@ def _optuna_distribution(axis: Axis):
 
 
 def make_pruned_aware_optuna(**kwargs):
-    """OptunaSearch that tells Optuna about ASHA-stopped trials as PRUNED (../shared/DESIGN.md trap).
+    """OptunaSearch that tells Optuna about ASHA-stopped trials as PRUNED (docs/DESIGN.md trap).
 
     Ray reports a trial stopped by the scheduler as COMPLETE with its early-epoch value, so TPE would
-    learn from truncated scores. Here a trial that ended before `max_t` epochs is PRUNED (its
-    intermediate values stay in Optuna as reported), a diverged trial FAIL.
+    learn from truncated scores. Here a trial that ended before its own last epoch (its reports say
+    which, trainables/clock.py; `max_t`, the space's longest trial, for one that does not) is PRUNED
+    (its intermediate values stay in Optuna as reported), a diverged trial FAIL.
     """
     import optuna
     from optuna.trial import TrialState
@@ -48,11 +52,7 @@ def make_pruned_aware_optuna(**kwargs):
         def on_trial_complete(self, trial_id, result=None, error=False):
             if error or not result or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result, error)
-            state = None
-            if result.get("diverged"):
-                state = TrialState.FAIL
-            elif result.get("epoch", 0) < self.max_t:
-                state = TrialState.PRUNED
+            state = {DIVERGED: TrialState.FAIL, PRUNED: TrialState.PRUNED}.get(trial_outcome(result, self.max_t))
             if state is None:
                 return super().on_trial_complete(trial_id, result, error)
             self._ot_study.tell(self._ot_trials[trial_id], None, state=state)
@@ -113,8 +113,8 @@ def make_cell_searcher(cells: list[dict], per_cell: int, make_inner):
 
 def tune_setup(spec: SearchSpec, num_samples: int | None):
     """(param_space, search_alg, num_samples) for the KD search."""
-    from ray.tune.search.basic_variant import BasicVariantGenerator
     from optuna.samplers import TPESampler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     axes = spec.searched_axes()
     s = spec.search
@@ -125,7 +125,7 @@ def tune_setup(spec: SearchSpec, num_samples: int | None):
                            "choice or a range, or give several teachers, stop epochs or seeds.")
         def optuna(names, seed, points):
             return make_pruned_aware_optuna(
-                max_t=spec.student.epochs, space={k: _optuna_distribution(axes[k]) for k in names},
+                max_t=spec.trial_epochs(), space={k: _optuna_distribution(axes[k]) for k in names},
                 metric=s.metric, mode=s.mode, sampler=TPESampler(seed=seed), points_to_evaluate=points or None)
 
         cells = spec.search_cells()

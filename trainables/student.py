@@ -12,6 +12,8 @@
   last checkpoint; the trainer state holds the RNG states, so the epochs it repeats give the same
   numbers as the first time (the MLflow logger skips the epochs a run already logged).
 - A NaN/inf loss ends the trial at once with `diverged=1` in its last result.
+- Every report says how many epochs the trial runs (`TRIAL_EPOCHS`, init stage included), which
+  decides whether it completed or was pruned (trainables/clock.py).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from explorer.attacks import PGD, pixel_box, robust_accuracy, transfer_rate
-from explorer.store import TeacherStore
+from explorer.teachers.store import TeacherStore
 from explorer.tracking import EARLIER_EPOCHS, KIND_SEARCH
-from explorer.train import Diverged, Trainer, load_state, save_state
+from explorer.training.attacks import PGD, pixel_box, robust_accuracy, transfer_rate
+from explorer.training.loop import Trainer, load_state, save_state
+from explorer.training.members import Diverged
 
+from .clock import TRIAL_EPOCHS
 from .locks import store_lock
 from .plan import Plan, member_points
 
@@ -97,7 +101,7 @@ def load_teachers(plan: Plan, settings: list[dict]) -> list[list | None]:
         if at not in loaded:  # several comma-joined keys: an ensemble (mkd)
             # the lock guards the teacher's logits-on-views table too, built by the first trial that needs it
             store = store or TeacherStore(plan.store_root, lock=store_lock("auto", plan.store_root))
-            loaded[at] = [store.load_model(key, at[1])[0] for key in at[0].split(",")]
+            loaded[at] = [store.teacher(key, at[1])[0] for key in at[0].split(",")]
         out.append(loaded[at])
     return out
 
@@ -130,7 +134,7 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
     def report(epoch: int, metrics: dict, tr: Trainer) -> None:
         nonlocal last_saved, last_reported
         _maybe_inject_fault(epoch)
-        metrics = metrics | {"diverged": 0.0, "node_id": node}
+        metrics = metrics | {"diverged": 0.0, "node_id": node, TRIAL_EPOCHS: tr.total_epochs}
         if epoch == tr.total_epochs and plan.spec.evaluate.transfer and tr.teacher is not None:
             metrics |= transfer_metrics(tr)
         if epoch == tr.total_epochs and plan.spec.evaluate.robust:
@@ -155,5 +159,6 @@ def train_student(config: dict, plan: Plan, splits, kind: str) -> None:
         trainer.run(report)
     except Diverged:
         # One last report for the epoch that diverged; no checkpoint (its weights are not finite).
-        tune.report({"epoch": trainer.epoch + 1, "diverged": 1.0, "val_acc": 0.0, "train_loss": float("nan")}
+        tune.report({"epoch": trainer.epoch + 1, "diverged": 1.0, "val_acc": 0.0, "train_loss": float("nan"),
+                     TRIAL_EPOCHS: trainer.total_epochs}
                     | ({EARLIER_EPOCHS: unreported} if unreported else {}))

@@ -12,9 +12,7 @@ A bad recipe (a KdxError, e.g. missing data) is deterministic and is reported wi
 
 Tasks only build: each returns, as plain data, its record and the per-epoch metrics it trained (with
 their times). The driver writes MLflow, as tasks finish (`ray.wait`), when `tracking_uri` is given:
-one run per teacher built or failed here, with tags `kdx.role=teacher` and `teacher_key`, the
-flattened recipe as params, per-epoch metrics (step = epoch), start and end times of the build, and
-an end status FINISHED or FAILED (tag `error`). So MLflow has one writer (a SQLite store is not
+one run per teacher built or failed here (trainables/tracking/teacher_runs.py). So MLflow has one writer (a SQLite store is not
 written from every node), workers need no route to the tracking server, and a worker killed mid-build
 leaves no run stuck RUNNING: the driver records its failure. A teacher reused (already complete, or
 built meanwhile by another process) gets no new run: the run of the build that made it stands.
@@ -27,35 +25,24 @@ stores.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 
 from explorer.errors import KdxError, bad_value
-from explorer.store import (TeacherRecipe, TeacherRecord, TeacherStore, check_stop_epochs,
-                            default_store_root)
-from explorer.tracking import ROLE_TAG, ROLE_TEACHER, TEACHER_KEY_TAG, absolute_tracking_uri
+from explorer.teachers.store import TeacherRecipe, TeacherRecord, TeacherStore, check_stop_epochs, default_store_root
+from explorer.tracking import absolute_tracking_uri
+from explorer.training.build import ensure_teacher
 
-from .connect import close_orphaned_runs, owner_tags, prepare_tracking
 from .locks import store_lock
+from .tracking.teacher_runs import TeacherRuns
 
-__all__ = ["ZooResult", "build_zoo", "default_store_root", "flatten"]
+__all__ = ["ZooResult", "build_zoo", "default_store_root"]
 
 log = logging.getLogger("kdx.zoo")
-# The experiment kind MLflow 3 records for classic ML (runs table) experiments. MLflow 3.17's UI picks its
-# view from the page address instead (`?workflowType=machine_learning`, printed by `kdx search`).
-CLASSIC_VIEW = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def classic_page(experiment_id: str, run_id: str | None = None) -> str:
-    """The UI address (after the server's root) of an experiment, or one of its runs, in the classic view."""
-    return f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + "?workflowType=machine_learning"
-
 DEFAULT_TEACHER_EXPERIMENT = "kdx_teachers"
 BUILT, REUSED, FAILED = "built", "reused", "failed"
 
@@ -68,20 +55,6 @@ class ZooResult:
     record: TeacherRecord | None
     error: str | None
     stop_epochs: tuple[int, ...] = ()
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    """{'train': {'lr': 0.1}} -> {'train.lr': '0.1'} (MLflow params are strings)."""
-    out = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out |= flatten(v, name + ".")
-        elif isinstance(v, (list, tuple)):
-            out[name] = ",".join(map(str, v)) if v else "[]"
-        else:
-            out[name] = "none" if v is None else str(v)
-    return out
 
 
 # ------------------------------------------------------------------ one build (a Ray task)
@@ -111,7 +84,7 @@ def _build_one(recipe: TeacherRecipe, stop_epochs: list[int], store_root: str, l
         return {"status": REUSED, "record": record}
     history: list = []
     try:
-        record, built = store.ensure(recipe, stop_epochs,
+        record, built = ensure_teacher(store, recipe, stop_epochs,
                                      on_epoch=lambda epoch, m: history.append([epoch, _ms(), _numbers(m)]))
     except KdxError as e:
         return {"status": FAILED, "error": str(e), "history": history, "started": started, "ended": _ms()}
@@ -136,13 +109,8 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
-def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, *, cpus_per_teacher: float = 1,
-              gpus_per_teacher: float = 0, retries: int = 2, tracking_uri: str | None = None,
-              experiment: str | None = None, lock: str = "auto") -> list[ZooResult]:
-    """Build every missing teacher of `requests` in parallel as Ray tasks; one ZooResult per distinct
-    teacher, in request order (the same recipe asked twice is merged: union of its stop epochs).
-
-    Everything is validated before any task starts (KdxError). Ray must be initialised."""
+def _check_resources(cpus_per_teacher, gpus_per_teacher, retries) -> None:
+    """What each build task asks of Ray, checked before any starts (KdxError naming the value)."""
     if isinstance(cpus_per_teacher, bool) or not isinstance(cpus_per_teacher, (int, float)) or not cpus_per_teacher > 0:
         raise bad_value("cpus_per_teacher", cpus_per_teacher, "allowed: a number > 0")
     if isinstance(gpus_per_teacher, bool) or not isinstance(gpus_per_teacher, (int, float)) or not gpus_per_teacher >= 0:
@@ -151,6 +119,11 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
         raise bad_value("gpus_per_teacher", gpus_per_teacher, "allowed: a fraction below 1 or a whole number")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise bad_value("retries", retries, "allowed: a whole number >= 0")
+
+
+def _merge(requests: list[tuple[TeacherRecipe, list[int]]]) -> dict[str, tuple[TeacherRecipe, set[int]]]:
+    """The distinct teachers of `requests` by store key, in request order, each recipe validated and the
+    stop epochs of a recipe asked twice joined."""
     merged: dict[str, tuple[TeacherRecipe, set[int]]] = {}
     for recipe, stops in requests:
         if not isinstance(recipe, TeacherRecipe):
@@ -162,10 +135,81 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
             merged[key][1].update(wanted)
         else:
             merged[key] = (recipe, set(wanted))
+    return merged
+
+
+class _Builds:
+    """The build tasks of one `build_zoo`: a teacher starts as soon as its parent (a distilled teacher's,
+    when it is being built here too) has finished; a teacher whose parent failed fails without running.
+    Each result goes to `results` (and MLflow, through `runs`) as its task ends."""
+
+    def __init__(self, merged: dict, results: dict[str, ZooResult], task, store_root: str, lock: str, cpus: float,
+                 runs: TeacherRuns | None):
+        self.merged, self.results, self.task, self.runs = merged, results, task, runs
+        self.args = (store_root, lock, cpus)
+        self.waiting: list[str] = []
+        self.refs: dict = {}  # task ref -> teacher key
+        self.launched: dict = {}  # task ref -> when it was launched (ms)
+
+    def launch_ready(self) -> None:
+        for key in list(self.waiting):
+            recipe, stops = self.merged[key]
+            parent = recipe.parent_key
+            if parent in self.merged and parent not in self.results:
+                continue  # the parent is still being built
+            self.waiting.remove(key)
+            if parent in self.results and self.results[parent].status == FAILED:
+                self.results[key] = ZooResult(key, recipe.label(), FAILED, None,
+                                              f"its parent teacher {parent} failed", tuple(sorted(stops)))
+                continue
+            ref = self.task.remote(recipe, sorted(stops), *self.args)
+            self.refs[ref], self.launched[ref] = key, _ms()
+
+    def finish(self, ref) -> None:
+        key = self.refs[ref]
+        recipe, stops = self.merged[key]
+        try:
+            out = ray.get(ref)
+        except Exception as e:  # the task's own error after its retries, or a lost worker/OOM
+            log.debug("teacher %s failed:\n%s", key, traceback.format_exc())
+            out = {"status": FAILED, "error": _describe(e), "started": self.launched[ref], "ended": _ms()}
+        self.results[key] = ZooResult(key, recipe.label(), out["status"], out.get("record"), out.get("error"),
+                                      tuple(sorted(stops)))
+        if self.runs is not None and out["status"] != REUSED:
+            self.runs.write(recipe, sorted(stops), out, built=out["status"] == BUILT)
+
+    def run(self, todo: list[str]) -> None:
+        """Build every teacher of `todo`, as tasks, until each has a result."""
+        self.waiting = list(todo)
+        self.launch_ready()
+        pending = list(self.refs)
+        while pending or self.waiting:
+            if not pending:  # everything left waits on failed parents
+                self.launch_ready()
+                pending = [r for r in self.refs if self.refs[r] not in self.results]
+                if not pending:
+                    break
+                continue
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                self.finish(ref)
+            before = set(self.refs)
+            self.launch_ready()
+            pending += [r for r in self.refs if r not in before]
+
+
+def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, *, cpus_per_teacher: float = 1,
+              gpus_per_teacher: float = 0, retries: int = 2, tracking_uri: str | None = None,
+              experiment: str | None = None, lock: str = "auto") -> list[ZooResult]:
+    """Build every missing teacher of `requests` in parallel as Ray tasks; one ZooResult per distinct
+    teacher, in request order (the same recipe asked twice is merged: union of its stop epochs).
+
+    Everything is validated before any task starts (KdxError). Ray must be initialised."""
+    _check_resources(cpus_per_teacher, gpus_per_teacher, retries)
+    merged = _merge(requests)
     store_lock(lock, store_root, check_ray=False)  # a bad lock kind fails here, not in every task
     store = TeacherStore(store_root)  # the driver only reads: no lock
     tracking_uri = absolute_tracking_uri(tracking_uri)
-
     results: dict[str, ZooResult] = {}
     todo = []
     for key, (recipe, stops) in merged.items():
@@ -177,119 +221,8 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
     if todo:
         if not ray.is_initialized():
             raise KdxError("build_zoo: Ray is not running; call ray.init() (or pass --address) first.")
-        runs = _TeacherRuns(tracking_uri, experiment or DEFAULT_TEACHER_EXPERIMENT) if tracking_uri else None
+        runs = TeacherRuns(tracking_uri, experiment or DEFAULT_TEACHER_EXPERIMENT) if tracking_uri else None
         task = _build_remote.options(num_cpus=cpus_per_teacher, num_gpus=gpus_per_teacher, max_retries=retries,
                                      retry_exceptions=True)
-        # Distilled teachers need their parent first: a teacher starts as soon as its parent (if any,
-        # and if it is being built here) has finished; teachers whose parent failed fail without running.
-        waiting = list(todo)
-        refs, launched = {}, {}
-
-        def launch_ready():
-            for key in list(waiting):
-                recipe, stops = merged[key]
-                parent = recipe.parent_key
-                if parent in merged and parent not in results:
-                    continue  # the parent is still being built
-                waiting.remove(key)
-                if parent in results and results[parent].status == FAILED:
-                    results[key] = ZooResult(key, recipe.label(), FAILED, None,
-                                             f"its parent teacher {parent} failed", tuple(sorted(stops)))
-                    continue
-                ref = task.remote(recipe, sorted(stops), store.root, lock, cpus_per_teacher)
-                refs[ref], launched[ref] = key, _ms()
-
-        launch_ready()
-        pending = list(refs)
-        while pending or waiting:
-            if not pending:  # everything left waits on failed parents
-                launch_ready()
-                pending = [r for r in refs if refs[r] not in results]
-                if not pending:
-                    break
-                continue
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                key = refs[ref]
-                recipe, stops = merged[key]
-                try:
-                    out = ray.get(ref)
-                except Exception as e:  # the task's own error after its retries, or a lost worker/OOM
-                    log.debug("teacher %s failed:\n%s", key, traceback.format_exc())
-                    out = {"status": FAILED, "error": _describe(e), "started": launched[ref], "ended": _ms()}
-                results[key] = ZooResult(key, recipe.label(), out["status"], out.get("record"), out.get("error"),
-                                         tuple(sorted(stops)))
-                if runs is not None and out["status"] != REUSED:
-                    runs.write(recipe, sorted(stops), out)
-            before = set(refs)
-            launch_ready()
-            pending += [r for r in refs if r not in before]
+        _Builds(merged, results, task, store.root, lock, cpus_per_teacher, runs).run(todo)
     return [results[key] for key in merged]
-
-
-# ------------------------------------------------------------------ MLflow, on the driver
-
-
-class _TeacherRuns:
-    """Writes one MLflow run per teacher build from what its task returned, through an MlflowClient
-    with an explicit URI. A tracking hiccup is logged, never raised: it must not throw away teachers."""
-
-    def __init__(self, tracking_uri: str, experiment: str):
-        from mlflow.tracking import MlflowClient
-
-        prepare_tracking(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = experiment_id(self.client, experiment, tracking_uri)
-        close_orphaned_runs(self.client, self.experiment_id, log.warning)
-
-    def write(self, recipe: TeacherRecipe, stop_epochs: list[int], out: dict) -> None:
-        from mlflow.entities import Metric, Param
-
-        key, run_id = recipe.key(), None
-        tags = {ROLE_TAG: ROLE_TEACHER, TEACHER_KEY_TAG: key, "teacher_label": recipe.label(),
-                "arch": recipe.train.arch, "dataset": recipe.data.dataset, **owner_tags()}
-        params = flatten(recipe.canonical()) | {"teacher_key": key, "stop_epochs": ",".join(map(str, stop_epochs))}
-        try:
-            run = self.client.create_run(self.experiment_id, start_time=out.get("started"), tags=tags,
-                                         run_name=f"teacher {recipe.label()} {key}")
-            run_id = run.info.run_id
-            items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
-            for i in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[i:i + 100])
-            metrics = [Metric(name, value, ts, int(epoch)) for epoch, ts, values in out.get("history", [])
-                       for name, value in values.items()]
-            for i in range(0, len(metrics), 1000):
-                self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            if out["status"] == BUILT:
-                end = {"stop_epochs": ",".join(map(str, out["record"].stop_epochs))}
-            else:
-                end = {"error": out.get("error") or "unknown error"}
-            for k, v in end.items():
-                self.client.set_tag(run_id, k, str(v)[:5000])
-            self.client.set_terminated(run_id, "FINISHED" if out["status"] == BUILT else "FAILED",
-                                       end_time=out.get("ended"))
-        except Exception as e:
-            log.warning("could not write the MLflow run of teacher %s: %s", key, e)
-            if run_id is not None:
-                with contextlib.suppress(Exception):
-                    self.client.set_terminated(run_id, "FAILED")
-
-
-def experiment_id(client, name: str, tracking_uri: str) -> str:
-    """Get or create the experiment (races with another process are fine). A new one is tagged as a
-    classic ML experiment (`CLASSIC_VIEW`), and with a SQLite store keeps its artifacts beside
-    the store file, never in the current directory (a server decides for itself)."""
-    from mlflow.exceptions import MlflowException
-
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    artifacts = None
-    if tracking_uri.startswith("sqlite:///"):
-        artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=artifacts, tags=CLASSIC_VIEW)
-    except MlflowException:  # created meanwhile by another process
-        return client.get_experiment_by_name(name).experiment_id
