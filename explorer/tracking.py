@@ -31,16 +31,6 @@ KIND_SEARCH, KIND_BASELINE, KIND_CONFIRM = "search", "baseline", "confirm"
 
 NO_TEACHER = "none"
 
-
-def latest_search(client, experiment_id: str | None):
-    """The experiment's latest parent run (tag `kdx.role=search`, by start time), or None: the search a
-    confirmation joins, a resumed search reopens and the analysis reads (`client`: an MlflowClient)."""
-    if experiment_id is None:
-        return None
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if len(runs) else None
-
 from explorer.config import Recipe  # noqa: E402
 from explorer.methods import hparam_names  # noqa: E402
 
@@ -137,3 +127,13 @@ def is_better(value, best, mode: str) -> bool:
     if value is None or value != value:
         return False
     return best is None or (value > best if mode == "max" else value < best)
+
+
+def latest_search(client, experiment_id: str | None):
+    """The experiment's latest parent run (tag `kdx.role=search`, by start time), or None: the search a
+    confirmation joins, a resumed search reopens and the analysis reads (`client`: an MlflowClient)."""
+    if experiment_id is None:
+        return None
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_SEARCH}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if len(runs) else None
