@@ -2,10 +2,12 @@
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -84,3 +86,29 @@ def mlflow_server(tmp_path: Path, wait_s: float = 120):
         yield uri
     finally:
         stop_tree(server)
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int = 2, wait_s: float = 120):
+    """A real single-node Ray cluster (`ray start --head --block`) that `kdx ... --address` can join; yields
+    (address, env): the env a joining process needs (RAY_AUTH_MODE set as the head's, Ray 2.60's token
+    auth). Stops exactly that process tree afterwards. Its temp dir is a short one under /tmp (Ray's Unix
+    sockets do not fit pytest's long tmp paths), so no `ray_current_cluster` file lands in /tmp/ray."""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="kdx-ray-", dir="/tmp")
+    env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    log_path = Path(temp_dir) / "head.log"
+    with open(log_path, "w") as log:
+        head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                                 f"--num-cpus={num_cpus}", "--include-dashboard=false",
+                                 f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
+                                env=os.environ | env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + wait_s
+        while "Ray runtime started" not in log_path.read_text():
+            assert head.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        stop_tree(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -3,21 +3,12 @@ as a grid with a TPE of their own inside each; the refusals; the searcher's book
 a real search whose every cell gets exactly its budget."""
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
+from kdxrun import TINY
 
 from explorer.errors import KdxError
 from explorer.spec.search import parse_spec
-
-ROOT = Path(__file__).resolve().parents[1]
-KDX = str(Path(sys.executable).with_name("kdx"))
-TINY = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
 
 
 def cell_spec(per_cell=2, **search):
@@ -86,20 +77,13 @@ def test_searcher_balances_cells_routes_results_and_restores(tmp_path):
     assert sorted(restored.given) == [2, 2, 2, 2]
 
 
-def test_a_real_search_gives_every_cell_its_budget(tmp_path):
-    spec = tmp_path / "cells.yaml"
-    data = cell_spec(1)
-    data["name"] = "cells"
-    data["seeds"] = [0]
-    data["baseline"] = False
-    data["confirm"]["seeds"] = [100, 101]
-    spec.write_text(yaml.safe_dump(data))
-    proc = subprocess.run([KDX, "search", str(spec)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=os.environ.copy())
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+def test_a_real_search_gives_every_cell_its_budget(fused_search):
+    """conftest.py's `fused_search` runs tiny.yaml with `trials_per_cell: 1` (and its seeds fused, ASHA on):
+    4 search trials, one in each teacher x stop-epoch cell."""
+    _, proc, _, by_trial = fused_search
     assert "4 = 1 per cell x 4 cells" in proc.stdout
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("cells")
-    trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("kdx.role") == "trial"]
-    cells = sorted((r.data.params["teacher"], r.data.params["teacher_stop_epoch"]) for r in trials)
+    searched = [members for members in by_trial.values() if members[0].data.tags["kdx.kind"] == "search"]
+    for members in searched:  # the seeds of a fused trial are its members: one cell
+        assert len({(r.data.params["teacher"], r.data.params["teacher_stop_epoch"]) for r in members}) == 1
+    cells = sorted((m[0].data.params["teacher"], m[0].data.params["teacher_stop_epoch"]) for m in searched)
     assert cells == sorted((t, s) for t in ("cnn1d_w8", "cnn1d_w16") for s in ("2", "4"))

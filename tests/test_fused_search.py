@@ -1,34 +1,20 @@
 """A search whose trials train every seed of their config as one fused model (`search.fuse_seeds`,
 issue 11): one Ray trial per config, one MLflow run per seed, and ASHA and the searcher see the
-members' mean."""
+members' mean. The search is conftest.py's session fixture `fused_search`, which also gives each
+teacher x stop-epoch cell its budget (`search.trials_per_cell`: tests/test_cell_budget.py checks that)."""
 
 import glob
 import json
 import statistics
-from collections import defaultdict
 
 import pytest
-from test_search import TINY, by_role, kdx, runs_of, write_spec
+from kdxrun import TINY
 
 from explorer.data.splits import load_splits
 from explorer.spec.search import parse_spec
 from explorer.tracking import MEMBER_TAG, STATUS_TAG
 from explorer.training.loop import Trainer
 from trainables.plan import make_plan
-
-
-@pytest.fixture(scope="module")
-def fused_search(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("fused_search")
-    search = TINY["search"] | {"num_samples": 4, "fuse_seeds": True, "asha": {"grace_period": 2, "reduction_factor": 2}}
-    spec = write_spec(cwd / "tiny.yaml", search=search)
-    proc = kdx(cwd, "search", str(spec), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    _, runs = runs_of(f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", "tiny")
-    by_trial = defaultdict(list)
-    for r in by_role(runs, "trial"):
-        by_trial[r.data.tags["trial_id"]].append(r)
-    return cwd, proc, runs, by_trial
 
 
 def test_each_trial_is_one_config_with_every_seed_as_its_own_run(fused_search):

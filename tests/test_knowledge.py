@@ -5,9 +5,6 @@ t+), the two-teacher rule, one short real training run per scheme, the normalise
 a hand-made frame, and the CPU spec run as a real search and analysed."""
 
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from kdxrun import kdx
 from scipy import stats
 
 from analysis.knowledge import knowledge_table, knowledge_words
@@ -29,7 +27,6 @@ from explorer.spec.search import load_spec, parse_spec
 from explorer.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-KDX = str(Path(sys.executable).with_name("kdx"))
 SHAPES = [(1, 2), (7, 3), (32, 10), (5, 100)]
 
 
@@ -293,12 +290,12 @@ def test_full_size_spec_validates():
     assert set(spec.distill.method.values()) == set(SCHEMES) and spec.distill.subset.values() == list(SUBSETS)
 
 
-def test_cpu_spec_runs_as_a_search_and_is_analysed(tmp_path):
+def test_cpu_spec_runs_as_a_search_and_is_analysed(tmp_path, shared_ray):
     from analysis.runs import load_trials
 
     name = "seed002_knowledge_small"
-    proc = subprocess.run([KDX, "search", str(ROOT / "tests" / "specs" / f"{name}.yaml"), "--json"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    proc = kdx(tmp_path, "search", ROOT / "tests" / "specs" / f"{name}.yaml", "--json", *shared_ray.args,
+               env=shared_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     df = load_trials(name, f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}")
     assert len(df) == 24 and set(df["status"]) == {"completed"} and set(df["teacher_kind"]) == {"ensemble"}
@@ -318,8 +315,7 @@ def test_cpu_spec_runs_as_a_search_and_is_analysed(tmp_path):
     words = knowledge_words(t)
     assert len(words) == 1 + 3 + 2 and "acc+ - acc-" in words[0]
     print("\n".join(words))
-    proc = subprocess.run([KDX, "analyze", name], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=os.environ.copy())
+    proc = kdx(tmp_path, "analyze", name)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (tmp_path / "kdx_runs" / name / "analysis" / "report.md").read_text()
     assert "## What knowledge is transferred" in report and words[0] in report

@@ -2,15 +2,13 @@
 class, per-class accuracy on it; MNIST in torchvision's on-disk format; imbalance at seed 000's scale."""
 
 import gzip
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from kdxrun import kdx
 
 from explorer.config import TrainConfig
 from explorer.data.condition import DataCondition, DataSpec, power_law_counts
@@ -164,21 +162,19 @@ def test_full_size_specs_validate():
 
 
 def test_kdx_train_refuses_an_unknown_teacher_data_condition(tmp_path):
-    proc = subprocess.run([str(Path(sys.executable).with_name("kdx")), "train", "--student", "cnn1d_w4", "--teacher",
-                           "cnn1d_w8", "--teacher-data-condition", "dirty"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = kdx(tmp_path, "train", "--student", "cnn1d_w4", "--teacher", "cnn1d_w8", "--teacher-data-condition", "dirty",
+               timeout=120)
     assert proc.returncode == 2 and "--teacher-data-condition: got 'dirty'; allowed: same" in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------ the CPU variant, a real search
-def test_seed003_omitted_small_search(tmp_path):
+def test_seed003_omitted_small_search(tmp_path, shared_ray):
     from mlflow.tracking import MlflowClient
 
     from analysis import load_trials
     from analysis.omitted import omitted_table, omitted_words
 
-    proc = subprocess.run([str(Path(sys.executable).with_name("kdx")), "search", str(SMALL), "--json"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    proc = kdx(tmp_path, "search", SMALL, "--json", *shared_ray.args, env=shared_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     uri = f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -13,19 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from kdxrun import KDX
+from kdxrun import timed as kdx  # (completed process, seconds it took)
 from procs import descendants, free_port, mlflow_server, stop_tree
 
 ROOT = Path(__file__).resolve().parents[1]
-KDX = [str(Path(sys.executable).with_name("kdx"))]
 TINY = str(ROOT / "tests" / "specs" / "tiny.yaml")
-
-
-def kdx(cwd, *args, env=None, timeout=300):
-    """(completed process, seconds it took)."""
-    start = time.monotonic()
-    proc = subprocess.run([*KDX, *args], cwd=cwd, env=os.environ | (env or {}), capture_output=True, text=True,
-                          timeout=timeout)
-    return proc, time.monotonic() - start
 
 
 def one_sentence(proc, starts: str) -> str:

@@ -5,22 +5,17 @@ fail, resources no node has, and two builds of one teacher on a fresh store at t
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from kdxrun import TINY, kdx, start
 from mlflow.tracking import MlflowClient
+from procs import descendants, stop_tree
 
 from explorer.tracking import ROLE_TAG, TRIAL_ID_TAG
 
-from procs import descendants, stop_tree
-
-ROOT = Path(__file__).resolve().parents[1]
-KDX = [str(Path(sys.executable).with_name("kdx"))]
-TINY = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
 OWNER_PID = "kdx.owner.pid"
 
 
@@ -37,11 +32,6 @@ def small_spec(path: Path, **changes) -> Path:
     return path
 
 
-def kdx(cwd, *args, env=None, timeout=400):
-    return subprocess.run([*KDX, *args], cwd=cwd, env=os.environ | (env or {}), capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def runs(uri: str, name: str) -> list:
     try:
         client = MlflowClient(tracking_uri=uri)
@@ -53,11 +43,6 @@ def runs(uri: str, name: str) -> list:
 
 def running(uri, name):
     return [r for r in runs(uri, name) if r.info.status == "RUNNING"]
-
-
-def start(cwd: Path, *args, log_name: str):
-    log = open(cwd / log_name, "w")
-    return subprocess.Popen([*KDX, *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT), log
 
 
 def wait_for_running_trial(proc, uri, name, log_path: Path, timeout=300) -> None:
@@ -91,7 +76,7 @@ def test_interrupted_and_killed_searches_leave_no_run_running(tmp_path):
     uri = f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}"
 
     # 1. Ctrl-C mid-trial: interrupted trials are counted as interrupted, and Ray's warnings are not shown.
-    proc, log = start(tmp_path, "search", str(spec), log_name="first.log")
+    proc = start(tmp_path, "search", str(spec), log=tmp_path / "first.log")
     try:
         wait_for_running_trial(proc, uri, "small", tmp_path / "first.log")
         proc.send_signal(signal.SIGINT)
@@ -99,7 +84,6 @@ def test_interrupted_and_killed_searches_leave_no_run_running(tmp_path):
     finally:
         if proc.poll() is None:
             stop_tree(proc)
-        log.close()
     out = (tmp_path / "first.log").read_text()
     assert proc.returncode == 3, out[-3000:]
     final = [ln for ln in out.splitlines() if ln.startswith("search 'small' INTERRUPTED")]
@@ -115,14 +99,13 @@ def test_interrupted_and_killed_searches_leave_no_run_running(tmp_path):
     assert len([ln for ln in again.stderr.splitlines() if ln.strip()]) == 1
 
     # 3. --resume, then SIGKILL the driver mid-trial: its parent and trial runs stay RUNNING (the fault).
-    proc, log = start(tmp_path, "search", str(spec), "--resume", log_name="second.log")
+    proc = start(tmp_path, "search", str(spec), "--resume", log=tmp_path / "second.log")
     try:
         wait_for_running_trial(proc, uri, "small", tmp_path / "second.log")
         sigkill_tree(proc)
     finally:
         if proc.poll() is None:
             stop_tree(proc)
-        log.close()
     left = running(uri, "small")
     assert left and {r.data.tags[OWNER_PID] for r in left} == {str(proc.pid)}
     assert {r.data.tags[ROLE_TAG] for r in left} >= {"search", "trial"}
@@ -189,17 +172,16 @@ def test_two_builds_of_one_teacher_on_a_fresh_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     args = ["teachers", "build", "--arch", "cnn1d_w16", "--epochs", "6", "--store", str(tmp_path / "teachers"),
             "--tracking-uri", uri, "--num-cpus", "1", "--json"]
-    procs = [start(tmp_path, *args, log_name=f"build{i}.log") for i in range(2)]
+    procs = [start(tmp_path, *args, log=tmp_path / f"build{i}.log") for i in range(2)]
     try:
-        for proc, _ in procs:
+        for proc in procs:
             proc.wait(timeout=400)
     finally:
-        for proc, log in procs:
+        for proc in procs:
             if proc.poll() is None:
                 stop_tree(proc)
-            log.close()
     outs = [(tmp_path / f"build{i}.log").read_text() for i in range(2)]
-    for (proc, _), out in zip(procs, outs):
+    for proc, out in zip(procs, outs):
         assert proc.returncode == 0, out[-3000:]
         assert "Traceback" not in out
     statuses = sorted(json.loads(out.strip().splitlines()[-1])["teachers"][0]["status"] for out in outs)

@@ -13,68 +13,29 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
+from kdxrun import KDX, TINY, by_role, completed_trials, kdx, runs_of, write_spec
 from procs import free_port, mlflow_server, stop_tree
 
 from explorer.data.splits import load_splits
 from explorer.spec.search import parse_spec
-from explorer.tracking import EARLIER_EPOCHS, MEMBER_TAG, PRUNED, ROLE_TAG, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
+from explorer.tracking import EARLIER_EPOCHS, MEMBER_TAG, PRUNED, STATUS_TAG, TEACHER_KEY_TAG, TRIAL_ID_TAG
 from explorer.training.loop import Trainer
 from trainables.clock import TRIAL_EPOCHS
 from trainables.plan import make_plan
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = yaml.safe_load((ROOT / "tests" / "specs" / "tiny.yaml").read_text())
-KDX = [str(Path(sys.executable).with_name("kdx"))]
-
-
-def write_spec(path: Path, **changes) -> Path:
-    spec = json.loads(json.dumps(TINY)) | changes
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def kdx(cwd: Path, *args, env=None, timeout=400) -> subprocess.CompletedProcess:
-    return subprocess.run([*KDX, *args], cwd=cwd, env=(os.environ | (env or {})), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def runs_of(uri: str, name: str):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    return client, client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def completed_trials(uri: str, name: str) -> int:
-    """Completed trial runs so far (0 while the experiment does not exist yet)."""
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            return 0
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{STATUS_TAG} = 'completed'")
-    except Exception:  # the store is being created by the search
-        return 0
-    return len(runs)
-
-
-def by_role(runs, role):
-    return [r for r in runs if r.data.tags.get(ROLE_TAG) == role]
-
 
 STORAGE = "shared"  # the `searched` fixture's --storage, under its directory
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(tmp_path_factory, shared_ray):
     """The quickstart shrunk (tests/specs/tiny.yaml): 2 teachers x 2 stop epochs, 8 Optuna trials, 2 baselines;
-    with an explicit --storage (results and teachers under ./shared), the tracking store at its default."""
+    with an explicit --storage (results and teachers under ./shared), the tracking store at its default, on
+    the session's Ray cluster (--address; the local default is the interrupted and crashed searches')."""
     cwd = tmp_path_factory.mktemp("search")
     # report_seconds 60: a trial reports to Tune only at the rungs (epochs 1 and 3) and at its last epoch
     spec = write_spec(cwd / "tiny.yaml", search=TINY["search"] | {"asha": {"grace_period": 1, "reduction_factor": 3},
                                                                    "report_seconds": 60})
-    proc = kdx(cwd, "search", str(spec), "--storage", STORAGE, "--json")
+    proc = kdx(cwd, "search", str(spec), "--storage", STORAGE, "--json", *shared_ray.args, env=shared_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     return cwd, proc
 
@@ -224,47 +185,46 @@ def test_crashed_trial_retries_from_its_checkpoint(tmp_path):
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2, 3, 4]
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+def test_two_node_cluster_runs_trials_on_both_nodes_logging_to_a_real_mlflow_server(tmp_path):
+    """A search joins a two-node Ray cluster (--address) and tracks to a real `mlflow server` (--tracking-uri):
+    its trials run on both nodes, every run reaches the server and nothing goes to the local default store.
+    (One search for both: the cluster and the server were two tests, two searches, before issue 22.)"""
     port = free_port()
     # Ray keeps Unix sockets in its temp dir: pytest's tmp paths are too long for them (107 bytes).
     temp_dir = tempfile.mkdtemp(prefix="kdx-ray-", dir="/tmp")
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     ray_bin = str(Path(sys.executable).with_name("ray"))
     common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
+    begun = time.monotonic()
     head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false",
                              f"--temp-dir={temp_dir}", *common], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
     try:
-        time.sleep(8)
-        worker = subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(8)
-        spec = write_spec(tmp_path / "tiny.yaml", baseline=False,
-                          search=TINY["search"] | {"num_samples": 4, "asha": None, "max_concurrent": 2},
-                          teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]})
-        proc = kdx(tmp_path, "search", str(spec), "--address", f"127.0.0.1:{port}", "--json", env=env, timeout=240)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        nodes = set()
-        for result_file in glob.glob(str(tmp_path / "kdx_runs" / "ray_results" / "tiny" / "*" / "result.json")):
-            nodes |= {json.loads(line)["node_id"] for line in Path(result_file).read_text().splitlines()}
-        assert len(nodes) == 2, nodes
+        with mlflow_server(tmp_path) as uri:  # starts while the head does
+            time.sleep(max(0.0, 8 - (time.monotonic() - begun)))
+            worker = subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", *common], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(8)
+            spec = write_spec(tmp_path / "tiny.yaml", baseline=False,
+                              search=TINY["search"] | {"num_samples": 4, "asha": None, "max_concurrent": 2},
+                              teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]})
+            proc = kdx(tmp_path, "search", str(spec), "--address", f"127.0.0.1:{port}", "--tracking-uri", uri,
+                       "--json", env=env, timeout=240)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            nodes = set()
+            for result_file in glob.glob(str(tmp_path / "kdx_runs" / "ray_results" / "tiny" / "*" / "result.json")):
+                nodes |= {json.loads(line)["node_id"] for line in Path(result_file).read_text().splitlines()}
+            assert len(nodes) == 2, nodes
+            # the runs reached the real MLflow server
+            _, runs = runs_of(uri, "tiny")
+            assert len(by_role(runs, "trial")) == 4 and len(by_role(runs, "teacher")) == 1
+            assert not (tmp_path / "kdx_runs" / "mlflow.db").exists()  # nothing went to the local default
     finally:
         for p in (worker, head):
             if p is not None:
                 stop_tree(p)
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def test_runs_reach_a_real_mlflow_server(tmp_path):
-    with mlflow_server(tmp_path) as uri:
-        spec = write_spec(tmp_path / "tiny.yaml", baseline=False, search=TINY["search"] | {"num_samples": 2},
-                          teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]})
-        proc = kdx(tmp_path, "search", str(spec), "--tracking-uri", uri)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        _, runs = runs_of(uri, "tiny")
-        assert len(by_role(runs, "trial")) == 2 and len(by_role(runs, "teacher")) == 1
-        assert not (tmp_path / "kdx_runs" / "mlflow.db").exists()  # nothing went to the local default
 
 
 def test_unreachable_tracking_server_is_one_sentence_within_seconds(tmp_path):
@@ -286,11 +246,11 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert not (tmp_path / "kdx_runs").exists()
 
 
-def test_diverging_trials_end_as_diverged_and_the_search_carries_on(tmp_path):
+def test_diverging_trials_end_as_diverged_and_the_search_carries_on(tmp_path, shared_ray):
     spec = write_spec(tmp_path / "tiny.yaml", student=TINY["student"] | {"lr": 1.0e6}, baseline=False,
                       teachers=TINY["teachers"] | {"archs": ["cnn1d_w8"], "stop_epochs": [4]},
                       search=TINY["search"] | {"num_samples": 2, "asha": None})
-    proc = kdx(tmp_path, "search", str(spec), "--json")
+    proc = kdx(tmp_path, "search", str(spec), "--json", *shared_ray.args, env=shared_ray.env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["trials"] == {"diverged": 2}
     client, runs = runs_of(f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}", "tiny")
@@ -304,7 +264,7 @@ def test_diverging_trials_end_as_diverged_and_the_search_carries_on(tmp_path):
         assert [t.state.name for t in pickle.load(f)["_ot_study"].trials] == ["FAIL", "FAIL"]
 
 
-def test_confirm_then_analyze_on_the_real_search(searched):
+def test_confirm_then_analyze_on_the_real_search(searched, shared_ray):
     """`kdx confirm` re-runs every cell's best config and the baseline with the spec's fresh seeds;
     `kdx analyze` reads it all back and states the confirmed answer first.
 
@@ -312,7 +272,7 @@ def test_confirm_then_analyze_on_the_real_search(searched):
     the confirmation still belongs to the search (issue 22): it adds its trials under the search's
     parent run and keeps its results beside the search's, reusing the search's teachers."""
     cwd, _ = searched
-    proc = kdx(cwd, "confirm", "tiny", "--json")
+    proc = kdx(cwd, "confirm", "tiny", "--json", *shared_ray.args, env=shared_ray.env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert glob.glob(str(cwd / STORAGE / "ray_results" / "tiny__confirm_*" / "*" / "result.json"))
     assert not (cwd / "kdx_runs" / "ray_results").exists() and not (cwd / "kdx_runs" / "teachers").exists()

@@ -1,17 +1,14 @@
 """The seed-reproduction specs: the full-size ones validate; their CPU-sized variants run end to end."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from kdxrun import kdx
 from mlflow.tracking import MlflowClient
 
 from explorer.spec.search import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-KDX = str(Path(sys.executable).with_name("kdx"))
 FULL = sorted((ROOT / "searches").glob("seed*.yaml"))
 
 
@@ -22,9 +19,10 @@ def test_full_size_seed_specs_validate(path):
     assert spec.dataset.name in ("cifar10", "cifar100", "mnist")
 
 
-def search(tmp_path, name):
-    proc = subprocess.run([KDX, "search", str(ROOT / "tests" / "specs" / name), "--json"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600, env=os.environ.copy())
+def search(tmp_path, name, ray):
+    """The small spec `name` searched on the session's Ray cluster `ray` (conftest.shared_ray); its
+    (trial runs, teacher runs)."""
+    proc = kdx(tmp_path, "search", ROOT / "tests" / "specs" / name, "--json", *ray.args, env=ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(Path(name).stem)
@@ -33,8 +31,8 @@ def search(tmp_path, name):
         r for r in runs if r.data.tags.get("kdx.role") == "teacher"]
 
 
-def test_seed001_small_kd_takd_mkd_generations_reversed(tmp_path):
-    trials, teachers = search(tmp_path, "seed001_small.yaml")
+def test_seed001_small_kd_takd_mkd_generations_reversed(tmp_path, shared_ray):
+    trials, teachers = search(tmp_path, "seed001_small.yaml", shared_ray)
     assert len(trials) == 5 + 1  # five teacher entries + the CE baseline
     by_teacher = {r.data.params["teacher"]: r.data.params for r in trials}
     assert by_teacher["cnn1d_w8<cnn1d_w16"]["teacher_kind"] == "distilled"
@@ -46,13 +44,12 @@ def test_seed001_small_kd_takd_mkd_generations_reversed(tmp_path):
     assert len(teachers) == 6 and all(r.info.status == "FINISHED" for r in teachers)
     assert all(r.data.tags["status"] == "completed" for r in trials)
     # the analysis takes capacity ratios below 1, ensembles and chains
-    proc = subprocess.run([KDX, "analyze", "seed001_small"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env=os.environ.copy())
+    proc = kdx(tmp_path, "analyze", "seed001_small")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_seed003_small_method_axis(tmp_path):
-    trials, teachers = search(tmp_path, "seed003_teacher_free_small.yaml")
+def test_seed003_small_method_axis(tmp_path, shared_ray):
+    trials, teachers = search(tmp_path, "seed003_teacher_free_small.yaml", shared_ray)
     methods = {r.data.params["method"]: r.data.params for r in trials}
     assert set(methods) == {"tf_kd_reg", "tf_kd_self", "ls", "dml", "ckm", "wsl"}
     assert methods["ls"]["epsilon"] == "0.1" and methods["ls"]["teacher"] == "none"
@@ -61,8 +58,8 @@ def test_seed003_small_method_axis(tmp_path):
     assert all(r.data.tags["status"] == "completed" for r in trials)
 
 
-def test_seed003_reversed_small_teacher_smaller_than_student(tmp_path):
-    trials, teachers = search(tmp_path, "seed003_reversed_small.yaml")
+def test_seed003_reversed_small_teacher_smaller_than_student(tmp_path, shared_ray):
+    trials, teachers = search(tmp_path, "seed003_reversed_small.yaml", shared_ray)
     by_teacher = {r.data.params["teacher"]: r.data.params for r in trials}
     assert set(by_teacher) == {"cnn1d_w4", "none"}  # the reversed-KD trial + the CE baseline
     rekd = by_teacher["cnn1d_w4"]
@@ -73,8 +70,8 @@ def test_seed003_reversed_small_teacher_smaller_than_student(tmp_path):
     assert all(r.data.tags["status"] == "completed" for r in trials)
 
 
-def test_seed004_sequential_small_generations_and_chain(tmp_path):
-    trials, teachers = search(tmp_path, "seed004_sequential_small.yaml")
+def test_seed004_sequential_small_generations_and_chain(tmp_path, shared_ray):
+    trials, teachers = search(tmp_path, "seed004_sequential_small.yaml", shared_ray)
     assert len(trials) == 4 + 1  # four teacher entries + the CE baseline
     by_teacher = {r.data.params["teacher"]: r for r in trials}
     assert all(r.data.tags["status"] == "completed" for r in trials)
@@ -103,8 +100,8 @@ def test_seed004_sequential_small_generations_and_chain(tmp_path):
     assert by_teacher["none"].data.params["teacher_chain"] == "none"
 
 
-def test_seed000_online_small_kd_dml_one(tmp_path):
-    trials, teachers = search(tmp_path, "seed000_online_small.yaml")
+def test_seed000_online_small_kd_dml_one(tmp_path, shared_ray):
+    trials, teachers = search(tmp_path, "seed000_online_small.yaml", shared_ray)
     assert all(r.data.tags["status"] == "completed" for r in trials)
     methods = {r.data.params["method"]: r.data.params for r in trials}
     assert set(methods) == {"kd", "dml", "one", "ce"} and len(trials) == 4
@@ -121,10 +118,10 @@ def test_seed000_online_small_kd_dml_one(tmp_path):
     ("seed000_methods_small.yaml", {"kd", "bss", "fitnet", "at", "sp", "rkd_d", "rkd_a", "rkd_da"}, {"cnn1d_w4", "cnn1d_w8"}),
     ("seed001_feature_small.yaml", {"kd", "rkd_da", "sfd", "oh", "ab", "uda", "fsp"}, {"resnet8"}),
 ])
-def test_feature_method_specs_small_run_every_method(tmp_path, name, methods, students):
+def test_feature_method_specs_small_run_every_method(tmp_path, name, methods, students, shared_ray):
     """The CPU variants of seed 000 table III and seed 001 table 3: every method trains inside a search,
     per student, with its own loss terms logged, beside the CE baseline."""
-    trials, teachers = search(tmp_path, name)
+    trials, teachers = search(tmp_path, name, shared_ray)
     assert len(teachers) == 1 and teachers[0].info.status == "FINISHED"
     assert all(r.data.tags["status"] == "completed" for r in trials)
     got = {(r.data.params["method"], r.data.params["student"]) for r in trials}
@@ -137,18 +134,17 @@ def test_feature_method_specs_small_run_every_method(tmp_path, name, methods, st
         for r in trials:
             assert ("transfer_samples" in r.data.metrics) == (r.data.params["method"] != "ce")
         assert any(r.data.metrics.get("transfer_samples", 0) > 0 for r in trials)
-        proc = subprocess.run([KDX, "analyze", "seed000_methods_small"], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300, env=os.environ.copy())
+        proc = kdx(tmp_path, "analyze", "seed000_methods_small")
         assert proc.returncode == 0, proc.stderr[-3000:]
         report = (tmp_path / "kdx_runs" / "seed000_methods_small" / "analysis" / "report.md").read_text()
         assert "## Adversarial transferability" in report and "(1 seed)" in report
 
 
-def test_seed003_adversarial_small_robust_accuracy(tmp_path):
+def test_seed003_adversarial_small_robust_accuracy(tmp_path, shared_ray):
     """Seed 003 table 5 shrunk: adversarially trained (PGD-2) and clean students, robust accuracy logged by
     every trial and reported per cell. A robust sample is one the model gets right clean and attacked, so
     neither robust accuracy can exceed the clean one."""
-    trials, teachers = search(tmp_path, "seed003_adversarial_small.yaml")
+    trials, teachers = search(tmp_path, "seed003_adversarial_small.yaml", shared_ray)
     assert len(trials) == 3 * 2 + 2  # 3 methods x adversarial_steps {0, 2}, and a CE baseline for each
     assert all(r.data.tags["status"] == "completed" for r in trials)
     assert {r.data.params["student.adversarial_steps"] for r in trials} == {"0", "2"}
@@ -157,8 +153,7 @@ def test_seed003_adversarial_small_robust_accuracy(tmp_path):
         assert 0 <= m["robust_acc_pgd"] <= m["test_acc"] and 0 <= m["robust_acc_pgd50"] <= m["test_acc"]
     (teacher,) = teachers  # the AT teacher: tf_kd_self's S^p
     assert teacher.data.params["train.adversarial.steps"] == "2"  # in its recipe, hence in its store key
-    proc = subprocess.run([KDX, "analyze", "seed003_adversarial_small"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env=os.environ.copy())
+    proc = kdx(tmp_path, "analyze", "seed003_adversarial_small")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (tmp_path / "kdx_runs" / "seed003_adversarial_small" / "analysis" / "report.md").read_text()
     assert "## Robust accuracy (seed 003 section 4.4, table 5)" in report

@@ -4,28 +4,21 @@ MLflow; the analysis keys configs by both, and DKD's own loss terms reach MLflow
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from kdxrun import kdx
 
 from analysis.runs import load_trials
 from analysis.sweetspot import completed, config_columns
 
 ROOT = Path(__file__).resolve().parents[1]
-KDX = str(Path(sys.executable).with_name("kdx"))
-
-
-def kdx(cwd, *args):
-    return subprocess.run([KDX, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
-
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(tmp_path_factory, shared_ray):
     cwd = tmp_path_factory.mktemp("student_axes")
-    proc = kdx(cwd, "search", str(ROOT / "tests" / "specs" / "student_axes.yaml"), "--json")
+    proc = kdx(cwd, "search", ROOT / "tests" / "specs" / "student_axes.yaml", "--json", *shared_ray.args,
+               env=shared_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     return cwd, f"sqlite:///{cwd / 'kdx_runs' / 'mlflow.db'}", json.loads(proc.stdout.strip().splitlines()[-1])
 
