@@ -105,7 +105,8 @@ def _cell_points(kd: pd.DataFrame, cells: list[str], confidence: float) -> list[
     """One row per confirmed cell: its config (the one with the most seeds; ties to the best mean
     val_acc) and its per-seed values."""
     rows = []
-    for key, group in kd.groupby([kd[c].map(config_token) for c in cells], sort=False):
+    # sorted by the cells' values, not by the order the runs came back in: the answer reads the same every time
+    for key, group in kd.groupby([kd[c].map(config_token) for c in cells], sort=True):
         by_config = [(len(per_seed(g, "val_acc")), per_seed(g, "val_acc").mean(), g) for _, g in group.groupby("config")]
         _, _, g = max(by_config, key=lambda t: (t[0], t[1]))
         first = g.iloc[0]

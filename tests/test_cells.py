@@ -123,6 +123,18 @@ def test_sweet_spot_is_every_cell_not_significantly_worse_holm_corrected(plan):
     assert h["kd_gain_test_low"] == pytest.approx(lo) and h["best_n_seeds"] == 5 and h["sweet_spot_cells"] == 2
 
 
+def test_the_answer_does_not_depend_on_the_order_the_runs_come_back_in(plan):
+    """MLflow returns runs in whatever order: the answer (best cell, the sweet spot's listing, the separated
+    cells, the words) is the same for every order of the same runs."""
+    df = frame(plan, confirm_rows())
+    want = confirmed_cells(df).by_student
+    assert len(want["cnn1d_w4"]["sweet_spot"]) == 2  # an order to get wrong
+    for seed in range(4):
+        got = confirmed_cells(df.sample(frac=1.0, random_state=seed).reset_index(drop=True)).by_student
+        assert got == want
+        assert confirmed_words(got) == confirmed_words(want)
+
+
 def test_holm_matches_the_step_down_rule_by_hand():
     p = [0.01, 0.04, 0.03, float("nan")]
     # m = 4 comparisons (the NaN counts): sorted 0.01*4, 0.03*3, 0.04*2, running maximum
