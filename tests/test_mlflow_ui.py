@@ -60,7 +60,7 @@ def search(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium not installed: apt-get install chromium to run the MLflow UI check")
     from mlflow.tracking import MlflowClient
-    from test_cells import SPEC, confirm_rows, frame
+    from cellframes import SPEC, confirm_rows, frame
 
     from analysis import attach_to_parent
     from analysis.cells import confirmed_cells, headline_metrics
