@@ -8,7 +8,7 @@ from explorer.errors import KdxError
 from explorer.methods import METHODS, Method, get_method
 from explorer.spec.axes import Axis
 from explorer.teachers.entries import distillation_problem
-from explorer.training.fused import fused_problem
+from explorer.training.fused import architecture_problem, fused_problem
 
 
 def check_fused_search(spec, methods: list[Method]) -> None:
@@ -23,10 +23,11 @@ def check_fused_search(spec, methods: list[Method]) -> None:
     info = DATASETS[spec.dataset.name]
     steps = spec.value_axes().get("student.adversarial_steps")
     for arch in spec.student_archs():
+        fuses = architecture_problem(arch, info.num_classes, tuple(info.input_shape))  # once per architecture
         for method in dict.fromkeys([m.name for m in methods] + ["ce"]):
             for step in steps.values() if steps else [spec.student.adversarial_steps]:
                 cfg = spec.student_config({"student": arch, "student.adversarial_steps": step}, 0, method, {})
-                problem = fused_problem(cfg, spec.evaluate, info.num_classes, tuple(info.input_shape))
+                problem = fused_problem(cfg, spec.evaluate) or fuses  # `fused_problem` with the shape, in order
                 if problem is not None:
                     raise KdxError(f"search.fuse_seeds: got true, but student {arch!r} with method {method!r} "
                                    f"cannot train fused ({problem}); allowed: false for this spec (each seed its "

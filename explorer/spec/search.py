@@ -37,6 +37,7 @@ from explorer.spec.checks import (check_axis_forms, check_cell_budget, check_fus
 from explorer.spec.file import read_spec_file
 from explorer.spec.sections import ConfirmSection, EvaluateSection, ResourcesSection, SearchSection
 from explorer.teachers.entries import parse_teacher, teacher_chains
+from explorer.training.stages import trial_epochs
 
 # The distill keys: the method and every hyperparameter any registered method declares.
 AXES = ("method", *hparam_names())
@@ -213,13 +214,13 @@ class SearchSpec(Strict):
         """The most epochs a trial reports: the student's, plus the longest init stage of a two-stage
         method in the space (FitNet, FSP, AB run it on the same clock; ASHA's max_t)."""
         axes = self.distill.axes()
-        longest = 0
+        longest = self.student.epochs
         for method in axes["method"].values():
             m = get_method(method)
             if "init_epochs" in {h.name for h in m.hparams}:
-                longest = max([longest, *(m.init_epochs(m.resolve({"init_epochs": v} if v is not None else {}))
-                                          for v in axes["init_epochs"].values())])
-        return self.student.epochs + longest
+                longest = max([longest, *(trial_epochs(m, m.resolve({"init_epochs": v} if v is not None else {}),
+                                                       self.student.epochs) for v in axes["init_epochs"].values())])
+        return longest
 
     def cell_params(self) -> list[str]:
         """The params that key a confirmation cell: `confirm.cells`, plus the student architecture when

@@ -222,19 +222,24 @@ def member_problem(cfg) -> str | None:
     return adversarial_problem(cfg.adversarial_steps) or fuse_problem(get_method(cfg.method))
 
 
-def fused_problem(cfg, evaluate=None, num_classes: int | None = None, input_shape: tuple | None = None) -> str | None:
-    """Why runs of the TrainConfig `cfg` cannot train as fused members, or None: the one rule the spec,
-    the plan and the confirmation ask. The method or the recipe trains one model at a time
-    (`member_problem`), an `evaluate:` section's attack needs one model, or (given the data's shape) two
-    students of `cfg.arch` do not fuse into one whose forward equals theirs (`fuse_models`)."""
-    problem = member_problem(cfg) or (evaluate_problem(evaluate) if evaluate is not None else None)
-    if problem is not None or num_classes is None:
-        return problem
+def architecture_problem(arch: str, num_classes: int, input_shape: tuple) -> str | None:
+    """Why two students of `arch` do not fuse into one whose forward equals theirs (`fuse_models`), or None."""
     try:
-        fuse_models([build_model(cfg.arch, num_classes, input_shape) for _ in range(2)], torch.zeros(2, *input_shape))
+        fuse_models([build_model(arch, num_classes, input_shape) for _ in range(2)], torch.zeros(2, *input_shape))
     except KdxError as e:
         return str(e)
     return None
+
+
+def fused_problem(cfg, evaluate=None, num_classes: int | None = None, input_shape: tuple | None = None) -> str | None:
+    """Why runs of the TrainConfig `cfg` cannot train as fused members, or None: the one rule the spec,
+    the plan and the confirmation ask. The method or the recipe trains one model at a time
+    (`member_problem`), an `evaluate:` section's attack needs one model, or (given the data's shape) the
+    student's architecture does not fuse (`architecture_problem`)."""
+    problem = member_problem(cfg) or (evaluate_problem(evaluate) if evaluate is not None else None)
+    if problem is not None or num_classes is None:
+        return problem
+    return architecture_problem(cfg.arch, num_classes, input_shape)
 
 
 def member_losses(loss_terms, inputs: LossInputs, hp: dict,

@@ -29,7 +29,7 @@ from explorer.training.batches import BatchSource
 from explorer.training.evaluation import absent_classes, autocast, epoch_scores, predict_logits
 from explorer.training.fused import member_settings
 from explorer.training.members import make_members, member_configs
-from explorer.training.stages import Stages
+from explorer.training.stages import Stages, trial_epochs
 from explorer.training.teacher_signal import NoTeacher, check_teachers, make_signal, teacher_lists, test_preds
 
 
@@ -74,7 +74,7 @@ class Trainer:
             member_settings(cfg, member_cfgs)
             cfg = member_cfgs[0]
         self.cfg, self.hp, self.method = cfg, cfg.validate(), get_method(cfg.method)
-        listed, distinct = teacher_lists(teacher, member_teachers, len(member_cfgs))
+        distinct, unit_of = teacher_lists(teacher, member_teachers, len(member_cfgs))
         for teachers in distinct:
             check_teachers(cfg, self.method, teachers)
         self.device = torch.device(device) if device is not None else default_device()
@@ -82,7 +82,7 @@ class Trainer:
         self.members = make_members(self.method, cfg, self.hp, self.splits, self.device, member_cfgs,
                                     len(distinct[0]) if self.method.needs_teacher else 0)
         self.model, self.seeds = self.members.model, self.members.seeds
-        self.signal = make_signal(self.method, cfg, self.splits, self.device, listed, distinct,
+        self.signal = make_signal(self.method, cfg, self.splits, self.device, distinct, unit_of,
                                   lead=1 + (len(self.seeds) > 1))
         self.teacher = self.signal.teacher  # one module, or a TeacherEnsemble of several
         self.batches = BatchSource(self.splits, self.members, self.signal.views, cfg.batch_size)
@@ -95,9 +95,9 @@ class Trainer:
             self.modules = self._build_method_modules()
         params = list(self.model.parameters()) + (list(self.modules.parameters()) if self.modules is not None else [])
         self.stages = Stages(self.method, cfg, self.hp, params)
-        self.members.scale_lr(self.stages.main.optimizer.param_groups[0]["params"], cfg.weight_decay)
+        self.members.scale_lr(params, cfg.weight_decay)  # the main optimiser's parameters
         self.init_epochs = self.stages.init_epochs
-        self.total_epochs = self.init_epochs + cfg.epochs
+        self.total_epochs = trial_epochs(self.method, self.hp, cfg.epochs)
         self.epoch = 0  # epochs completed (init stage included)
         self.history: list[dict] = []
 

@@ -108,18 +108,20 @@ class MemberTeachers:
 
 
 # ---------------------------------------------------------------- the teacher signal the loop reads
-def teacher_lists(teacher, member_teachers: list | None, members: int) -> tuple[list[list[nn.Module]], list[list]]:
-    """(each member's teacher as a list: an ensemble's members, [] for none; the distinct lists), from a
-    trainer's `teacher` (one for all members) or `member_teachers` (one per member)."""
+def teacher_lists(teacher, member_teachers: list | None, members: int) -> tuple[list[list], list[int]]:
+    """(the distinct teachers, each as a list: an ensemble's members, [] for none; each member's index
+    into them), from a trainer's `teacher` (one for all members) or `member_teachers` (one per member)."""
     if member_teachers is not None and (teacher is not None or len(member_teachers) != members):
         raise bad_value("member_teachers", f"{len(member_teachers)} teachers",
                         f"allowed: one per member ({members}), and no `teacher` beside them")
     listed = [list(t) if isinstance(t, (list, tuple)) else [] if t is None else [t]
               for t in (member_teachers if member_teachers is not None else [teacher])]
-    distinct = list({tuple(map(id, t)): t for t in listed}.values())
+    index: dict[tuple, int] = {}
+    unit_of = [index.setdefault(tuple(map(id, t)), len(index)) for t in listed]
+    distinct = [listed[unit_of.index(k)] for k in range(len(index))]
     if len({len(t) for t in distinct}) > 1:
         raise bad_value("member_teachers", "ensembles of different sizes", "allowed: the same size for every member")
-    return listed, distinct
+    return distinct, unit_of
 
 
 class NoTeacher:
@@ -183,7 +185,7 @@ class PerMember:
         return self.member_teachers.units[self.member_teachers.unit_of[member]]
 
 
-def make_signal(method, cfg, splits, device, listed: list[list], distinct: list[list], lead: int):
+def make_signal(method, cfg, splits, device, distinct: list[list], unit_of: list[int], lead: int):
     """The teacher signal a trainer reads, chosen once: none, one teacher for all, or one per member.
     Where the method needs only logits, the teacher runs once per training sample and view, not per
     batch (explorer/teachers/views.py); where it reads features, on every batch."""
@@ -195,5 +197,4 @@ def make_signal(method, cfg, splits, device, listed: list[list], distinct: list[
     if len(distinct) == 1:
         return OneTeacher(first, tap, lead)
     units = [first] + [teacher_unit(t, splits, views, device) for t in distinct[1:]]
-    where = {tuple(map(id, t)): k for k, t in enumerate(distinct)}
-    return PerMember(MemberTeachers(units, [where[tuple(map(id, t))] for t in listed], device))
+    return PerMember(MemberTeachers(units, unit_of, device))
