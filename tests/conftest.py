@@ -2,7 +2,11 @@
 calls join (each would otherwise start and stop a Ray of its own: about 6-10 s a call on 2 cores).
 
 Tests about Ray's local default (no --address: Ctrl-C, SIGKILL, crash retries, resources, refusals)
-do not use it."""
+do not use it.
+
+scripts/test runs the suite on two pytest-xdist workers (`--dist loadgroup`): each worker has its own
+shared Ray, and tests that share a module- or session-scoped fixture stay on one worker, so that the
+fixture (a finished search, trained models) is built once."""
 
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,6 +25,23 @@ class SharedRay:
     def args(self) -> tuple[str, str]:
         """The flags that make a kdx command join this cluster."""
         return "--address", self.address
+
+
+PER_WORKER = {"shared_ray", "tmp_path_factory", "worker_id", "testrun_uid"}  # cheap or per worker by design
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the tests that share a built fixture on one xdist worker (`--dist loadgroup` reads the
+    `xdist_group` mark; without xdist the mark does nothing)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = sorted(
+            (defs[-1].scope, name, defs[-1].baseid) for name, defs in (info.name2fixturedefs.items() if info else ())
+            if defs and defs[-1].scope in ("module", "session") and name not in PER_WORKER)
+        if shared:  # a session fixture outranks a module one ("module" < "session" in the sort)
+            scope, name, baseid = shared[-1]
+            group = name if scope == "session" else item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kdxrun import TINY, kdx, start
+from kdxrun import TINY, completed_trials, kdx, start
 from mlflow.tracking import MlflowClient
 from procs import descendants, stop_tree
 
-from explorer.tracking import ROLE_TAG, TRIAL_ID_TAG
+from explorer.tracking import ROLE_TAG, STATUS_TAG, TRIAL_ID_TAG
 
 OWNER_PID = "kdx.owner.pid"
 
@@ -71,14 +71,27 @@ def sigkill_tree(proc) -> None:
             pass
 
 
-def test_interrupted_and_killed_searches_leave_no_run_running(tmp_path):
+def wait_for_completed_and_running_trials(proc, uri, name, log_path: Path, timeout=300) -> None:
+    """Until one trial of this search has completed and another is running (as MLflow records them)."""
+    deadline = time.time() + timeout
+    while completed_trials(uri, name) < 1 and time.time() < deadline:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        time.sleep(0.5)
+    wait_for_running_trial(proc, uri, name, log_path, timeout=max(1.0, deadline - time.time()))
+
+
+def test_interrupted_and_killed_searches_resume_leaving_no_run_running(tmp_path):
+    """Ctrl-C, a refused rerun, --resume, SIGKILL of the driver, a rerun that closes the dead driver's
+    runs, --resume to the end (nothing rebuilt, no trial run twice, no epoch logged twice), then --fresh."""
     spec = small_spec(tmp_path / "small.yaml", name="small")
     uri = f"sqlite:///{tmp_path / 'kdx_runs' / 'mlflow.db'}"
+    epochs = yaml.safe_load(spec.read_text())["student"]["epochs"]
 
-    # 1. Ctrl-C mid-trial: interrupted trials are counted as interrupted, and Ray's warnings are not shown.
+    # 1. Ctrl-C mid-trial, once a trial has completed: interrupted trials are counted as interrupted, and
+    #    Ray's warnings are not shown.
     proc = start(tmp_path, "search", str(spec), log=tmp_path / "first.log")
     try:
-        wait_for_running_trial(proc, uri, "small", tmp_path / "first.log")
+        wait_for_completed_and_running_trials(proc, uri, "small", tmp_path / "first.log")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=180)
     finally:
@@ -91,6 +104,10 @@ def test_interrupted_and_killed_searches_leave_no_run_running(tmp_path):
     assert "pruned" not in out  # no ASHA here: nothing is pruned, whatever Ctrl-C stopped
     assert "FileNotFoundError" not in out and "Tuner.restore" not in out
     assert not running(uri, "small")
+    done_before = {r.data.tags[TRIAL_ID_TAG] for r in runs(uri, "small")
+                   if r.data.tags.get(ROLE_TAG) == "trial" and r.data.tags[STATUS_TAG] == "completed"}
+    teachers_before = len([r for r in runs(uri, "small") if r.data.tags.get(ROLE_TAG) == "teacher"])
+    assert done_before and teachers_before == 1
 
     # 2. Without --resume: refused in one sentence, nothing started.
     again = kdx(tmp_path, "search", str(spec), timeout=120)
@@ -106,6 +123,7 @@ def test_interrupted_and_killed_searches_leave_no_run_running(tmp_path):
     finally:
         if proc.poll() is None:
             stop_tree(proc)
+    assert "reused" in (tmp_path / "second.log").read_text()  # the resumed search does not rebuild its teacher
     left = running(uri, "small")
     assert left and {r.data.tags[OWNER_PID] for r in left} == {str(proc.pid)}
     assert {r.data.tags[ROLE_TAG] for r in left} >= {"search", "trial"}
@@ -118,13 +136,24 @@ def test_interrupted_and_killed_searches_leave_no_run_running(tmp_path):
     killed = {r.info.run_id: r for r in runs(uri, "small")}
     assert all(killed[r.info.run_id].info.status == "KILLED" for r in left)
 
-    # 5. --resume finishes the search: no run RUNNING, each trial one run.
+    # 5. --resume finishes the search: no run RUNNING, the planned trials each one run, the teacher reused,
+    #    one parent run, and every trial's val_acc logged once per epoch (finished trials were not rerun).
     done = kdx(tmp_path, "search", str(spec), "--resume", "--json", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["trials"] == {"completed": 4}
+    assert "reused" in done.stdout and "built" not in done.stdout.replace("reused", "")
     assert not running(uri, "small")
-    trials = [r for r in runs(uri, "small") if r.data.tags.get(ROLE_TAG) == "trial"]
+    everything = runs(uri, "small")
+    trials = [r for r in everything if r.data.tags.get(ROLE_TAG) == "trial"]
     assert len(trials) == len({r.data.tags[TRIAL_ID_TAG] for r in trials}) == 4
+    assert done_before <= {r.data.tags[TRIAL_ID_TAG] for r in trials}
+    assert all(r.data.tags[STATUS_TAG] == "completed" for r in trials)
+    assert len([r for r in everything if r.data.tags.get(ROLE_TAG) == "teacher"]) == teachers_before
+    assert len([r for r in everything if r.data.tags.get(ROLE_TAG) == "search"]) == 1
+    client = MlflowClient(tracking_uri=uri)
+    for r in trials:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == list(range(1, epochs + 1)), (r.info.run_name, steps)
 
     # 6. --fresh starts another search (a second parent run; the first one's Ray results moved aside).
     fresh = kdx(tmp_path, "search", str(spec), "--fresh", "--num-samples", "1", "--epochs", "1", "--json",

@@ -71,7 +71,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("path,value,words", BAD, ids=[f"{p}={v!r}"[:40] for p, v, _ in BAD])
+@pytest.mark.parametrize("path,value,words", BAD, ids=[f"{p}={'<deleted>' if v is DELETE else repr(v)}"[:40] for p, v, _ in BAD])
 def test_bad_spec_is_one_sentence(path, value, words):
     with pytest.raises(KdxError) as e:
         parse_spec(with_change(path, value))
