@@ -30,7 +30,8 @@ def _rows_as_set(x: torch.Tensor) -> set:
 
 # ----------------------------------------------------------------------------- registry / spec
 def test_registry_and_names():
-    assert dataset_names() == sorted(["mnist1d", "mnist1d_10k", "mnist1d_20k", "digits", "cifar10", "cifar100", "mnist", "fake"])
+    assert dataset_names() == sorted(["mnist1d", "mnist1d_10k", "mnist1d_20k", "digits", "cifar10", "cifar100", "mnist",
+                                      "fake"]) + ["torchvision:<MNIST|FashionMNIST|KMNIST|CIFAR10|CIFAR100|SVHN|STL10>"]
     for name, info in DATASETS.items():
         assert info.name == name
         assert info.augment in ("none", "crop_flip")
@@ -42,9 +43,7 @@ def test_registry_and_names():
 
 def test_register_dataset_plugin(monkeypatch):
     # a plugin registers where it is defined and goes through the same load_splits as the built-ins
-    monkeypatch.setattr(DS, "DATASETS", dict(DS.DATASETS))  # keep the real registry untouched
-    for module in ("explorer.data.condition", "explorer.data.splits"):  # the modules that look datasets up
-        monkeypatch.setattr(f"{module}.DATASETS", DS.DATASETS)
+    monkeypatch.setattr(DS, "DATASETS", dict(DS.DATASETS))  # keep the real registry untouched (dataset_info reads it)
 
     @DS.register_dataset("toy3", "three classes of constant vectors", 3, (1, 5))
     def _toy(spec):
@@ -514,3 +513,20 @@ def test_larger_mnist1d_draws_come_from_the_same_generator(tmp_path):
     assert [t.shape[0] for t in small] == [4000, 4000, 1000, 1000]
     assert big[0].shape[1:] == small[0].shape[1:] == (1, 40)
     assert len(list(tmp_path.glob("mnist1d_*.npz"))) == 2  # each size cached under its own key
+
+
+def test_train_per_class_takes_a_balanced_seeded_subset_and_leaves_validation_alone():
+    full = load_splits(DataSpec("mnist1d"))
+    sub = load_splits(DataSpec("mnist1d", train_per_class=100))
+    assert torch.bincount(sub.train_y).tolist() == [100] * 10
+    assert torch.equal(sub.val_x, full.val_x) and torch.equal(sub.test_x, full.test_x)
+    rows = {tuple(r) for r in full.train_x.flatten(1).tolist()}  # every kept sample is a train sample
+    assert all(tuple(r) in rows for r in sub.train_x.flatten(1).tolist())
+    again = load_splits(DataSpec("mnist1d", train_per_class=100))
+    other = load_splits(DataSpec("mnist1d", train_per_class=100, split_seed=1))
+    assert torch.equal(again.train_x, sub.train_x) and not torch.equal(other.train_y, sub.train_y)
+    # the key of a teacher's data changes only when the subset is asked for
+    assert "train_per_class" not in DataSpec("mnist1d").identity()
+    assert DataSpec("mnist1d", train_per_class=100).identity()["train_per_class"] == 100
+    with pytest.raises(KdxError, match=r"^train_per_class: got 1000; class \d has only \d+ training samples"):
+        load_splits(DataSpec("mnist1d", train_per_class=1000))

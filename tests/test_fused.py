@@ -78,6 +78,14 @@ def test_fused_kd_members_equal_solo_runs_on_sequences(seq, arch):
     _assert_members_equal_solo(cfg, seq, teacher_arch="cnn1dbn_w16")
 
 
+def test_fused_cnn2d_kd_members_equal_solo_runs_on_augmented_images(img):
+    """The 2-D CNN family (explorer/models/cnn2d.py: conv + BN + ReLU + max pooling) fuses as grouped layers."""
+    cfg = TrainConfig("cnn2d_w4", epochs=1, method="kd", batch_size=64, lr=0.05,
+                      method_params={"temperature": 4.0, "alpha": 0.9})
+    with torch.backends.mkldnn.flags(enabled=False):
+        _assert_members_equal_solo(cfg, img, teacher_arch="cnn2d_w8")
+
+
 @pytest.mark.parametrize("method,own", [
     ("kd", [{"temperature": 4.0, "alpha": 0.9}, {"temperature": 1.5, "alpha": 0.5}, {"temperature": 8.0, "alpha": 0.9}]),
     ("ls", [{"epsilon": 0.1}, {"epsilon": 0.3}, {"epsilon": 0.1}]),

@@ -317,7 +317,7 @@ def test_a_family_plugs_in_by_pattern(monkeypatch):
     assert isinstance(model, Linear) and model.arch == "lin3" and count_params(model) == 5 * 3 + 3 + 3 * 4 + 4
     assert model(torch.randn(2, 5)).shape == (2, 4)
     assert is_known_model("lin3") and not is_known_model("lin03") and list_models()[-1] == "lin3"
-    assert allowed_archs().endswith(", mlp_<width>x<depth>, lin<width>")
+    assert allowed_archs().endswith(", mlp_<width>x<depth>, cnn2d_w<width>, lin<width>")
     with pytest.raises(KdxError, match="lin<width>"):
         build_model("lin", 4, (5,))
     with pytest.raises(ValueError, match="already registered"):

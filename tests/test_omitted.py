@@ -1,18 +1,18 @@
 """The omitted class (seed 003 section 4.1): a teacher on the clean split, a student whose split lacks a
 class, per-class accuracy on it; MNIST in torchvision's on-disk format; imbalance at seed 000's scale."""
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from datafiles import fake_mnist
 from kdxrun import kdx
 
 from explorer.config import TrainConfig
 from explorer.data.condition import DataCondition, DataSpec, power_law_counts
-from explorer.data.mnist import MEAN, STD, TRAIN_COUNTS
+from explorer.data.mnist import MNIST, TRAIN_COUNTS
 from explorer.data.registry import check_data_present
 from explorer.data.section import parse_dataset
 from explorer.data.splits import load_splits
@@ -26,29 +26,6 @@ SMALL = ROOT / "tests" / "specs" / "seed003_omitted_small.yaml"
 
 
 # ------------------------------------------------------------------ MNIST on disk
-def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
-    """An idx file of unsigned bytes (LeCun's format, as torchvision keeps it)."""
-    head = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    data = head + arr.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-
-
-def fake_mnist(root: Path, n_train: int = 60, n_test: int = 20, gz_test: bool = True) -> dict:
-    rng = np.random.default_rng(0)
-    parts = {"train": (rng.integers(0, 256, (n_train, 28, 28)), np.arange(n_train) % 10),
-             "t10k": (rng.integers(0, 256, (n_test, 28, 28)), np.arange(n_test) % 10)}
-    for split, (x, y) in parts.items():
-        gz = gz_test and split == "t10k"
-        write_idx(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", x, gz)
-        write_idx(root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", y, gz)
-    return parts
-
-
 def test_mnist_reads_torchvision_layout_plain_and_gzipped(tmp_path):
     parts = fake_mnist(tmp_path)
     spec = parse_dataset({"name": "mnist", "data_dir": str(tmp_path), "val_fraction": 0.2})
@@ -58,7 +35,8 @@ def test_mnist_reads_torchvision_layout_plain_and_gzipped(tmp_path):
     assert len(s.train_y) + len(s.val_y) == 60 and len(s.test_y) == 20
     x, y = parts["t10k"]
     assert torch.equal(s.test_y, torch.from_numpy(y.astype(np.int64)))
-    expect = (torch.from_numpy(x.astype(np.float32)) / 255.0 - MEAN) / STD
+    mean, std = MNIST.mean_std
+    expect = (torch.from_numpy(x.astype(np.float32)) / 255.0 - mean) / std
     assert torch.allclose(s.test_x[:, 0], expect, atol=1e-6)
 
 

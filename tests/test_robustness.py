@@ -201,19 +201,24 @@ def test_search_help_says_what_the_exit_status_means(tmp_path):
 # ------------------------------------------------------------------ kdx train and the teacher store
 
 
-def test_train_gives_its_teacher_the_students_epochs(tmp_path):
+def test_train_gives_its_teacher_the_students_epochs_and_its_own_seed(tmp_path):
+    """The teacher trains as long as the student unless --teacher-epochs says otherwise, and with
+    --teacher-seed (0 unless given), never the student's --seed (12 student seeds share one teacher)."""
     store = tmp_path / "teachers"
-    proc, _ = kdx(tmp_path, "train", "--student", "cnn1d_w4", "--teacher", "cnn1d_w8", "--epochs", "1",
+    proc, _ = kdx(tmp_path, "train", "--student", "cnn1d_w4", "--teacher", "cnn1d_w8", "--epochs", "1", "--seed", "5",
                   "--store", str(store), "--json", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch   1/1" in proc.stdout and "epoch   2/" not in proc.stdout
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["teacher_seed"] == 0
     (manifest,) = store.glob("*/manifest.json")
-    assert json.loads(manifest.read_text())["recipe"]["train"]["epochs"] == 1
+    recipe = json.loads(manifest.read_text())["recipe"]["train"]
+    assert recipe["epochs"] == 1 and recipe["seed"] == 0
     proc, _ = kdx(tmp_path, "train", "--student", "cnn1d_w4", "--teacher", "cnn1d_w8", "--epochs", "1",
-                  "--teacher-epochs", "2", "--store", str(store), "--device", "cpu")
+                  "--teacher-epochs", "2", "--teacher-seed", "3", "--store", str(store), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    epochs = sorted(json.loads(m.read_text())["recipe"]["train"]["epochs"] for m in store.glob("*/manifest.json"))
-    assert epochs == [1, 2]
+    recipes = sorted((r["epochs"], r["seed"]) for r in (json.loads(m.read_text())["recipe"]["train"]
+                                                         for m in store.glob("*/manifest.json")))
+    assert recipes == [(1, 0), (2, 3)]
 
 
 def test_a_killed_build_is_listed_verified_and_collected(tmp_path):

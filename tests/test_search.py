@@ -96,6 +96,8 @@ def test_every_trial_is_a_child_run_with_epoch_metrics(searched):
     assert summary["best"]["alpha"] == pytest.approx(float(best.data.params["alpha"]))
     assert not summary["interrupted"]
     assert "mlflow ui --backend-store-uri" in proc.stdout
+    # the teacher builds showed their progress before the search began (trainables/build_progress.py)
+    assert "[teachers] 2/2 finished, 8/8 epochs" in proc.stdout
 
 
 def test_each_teacher_built_once_and_pruned_trials_told_to_optuna(searched):

@@ -110,6 +110,12 @@ def test_early_stop_schedule_is_seed_004s():
     (["--student", "cnn1d_w4", "--method", "kd"], ["teacher", "kd"]),
     (["--student", "cnn1d_w4", "--epochs", "0"], ["epochs", "0"]),
     (["--student", "cnn1d_w4", "--label-noise", "1.2"], ["label_noise", "1.2"]),
+    (["--student", "cnn1d_w4", "--teacher", "cnn1d_w8", "--teacher-seed", "-1"], ["seed", "-1"]),
+    (["--dataset", "torchvision:Places365", "--student", "cnn2d_w4"], ["dataset", "torchvision:Places365",
+                                                                      "torchvision:FashionMNIST"]),
+    (["--dataset", "torchvision:FashionMNIST", "--data-dir", "/nonexistent/kdx", "--student", "cnn2d_w4"],
+     ["data_dir", "/nonexistent/kdx", "FashionMNIST/raw/"]),
+    (["--student", "cnn1d_w4", "--train-per-class", "0"], ["train_per_class", "0"]),
 ])
 def test_bad_train_flags_give_one_sentence(argv, words, capsys):
     assert main(["train", *argv]) == 2

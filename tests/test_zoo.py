@@ -261,3 +261,13 @@ def test_killed_build_without_retries_is_reported_failed(local_ray, tmp_path):
     runs = {r.data.tags[TEACHER_KEY_TAG]: r for r in _runs(uri, "killed")[1]}
     assert runs[killed.key].info.status == "FAILED" and "Worker" in runs[killed.key].data.tags["error"]
     assert runs[other.key].info.status == "FINISHED" and len(runs) == 2
+
+
+def test_the_build_progress_line_counts_builds_epochs_and_an_eta():
+    from trainables.build_progress import build_line
+
+    epochs, labels = {"a": 10, "b": 4, "c": 6}, {"a": "w64", "b": "w8", "c": "w16"}
+    line = build_line(epochs, labels, reached={"a": 3, "b": 4}, done={"b", "reused-elsewhere"}, elapsed=70)
+    # b finished (4 epochs), a reached 3 of 10, c not started: 7 of 20 epochs in 70 s, so 13 more take ~130 s
+    assert line == "[teachers] 1/3 finished, 7/20 epochs, elapsed 0:01:10, ETA ~0:02:10 | w64 epoch 3/10"
+    assert "ETA ~-" in build_line(epochs, labels, {}, set(), elapsed=5)

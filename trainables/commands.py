@@ -114,7 +114,7 @@ def _build_on_ray(args, requests: list, store, tracking_uri: str | None) -> list
                                      ("--gpus-per-teacher", "GPU", args.gpus_per_teacher)])
         return build_zoo(requests, store.root, cpus_per_teacher=args.cpus_per_teacher,
                          gpus_per_teacher=args.gpus_per_teacher, retries=args.retries,
-                         tracking_uri=tracking_uri, experiment=args.experiment)
+                         tracking_uri=tracking_uri, experiment=args.experiment, out=print)
     finally:
         if started:
             ray.shutdown()

@@ -10,7 +10,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
-from explorer.data.registry import DATASETS
+from explorer.data.registry import dataset_info
 from explorer.methods import get_method
 from explorer.models import build_model, count_params
 from explorer.spec.search import SearchSpec
@@ -118,7 +118,7 @@ def member_tag(member) -> str:
 
 def make_plan(spec: SearchSpec, store_root: str) -> Plan:
     data = spec.data_spec()
-    info = DATASETS[data.dataset]
+    info = dataset_info(data.dataset)
     plan = Plan(
         name=spec.name, dataset=data.dataset, student=spec.student.arch, spec=spec,
         epochs=spec.student.epochs, num_classes=info.num_classes, input_shape=tuple(info.input_shape),

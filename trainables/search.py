@@ -244,7 +244,7 @@ def _run_all(spec, plan, splits, loc, setups, exp_id, parent_id, resume, max_con
 
     zoo = build_zoo([(plan.recipes[k], plan.stops[k]) for k in plan.recipes], plan.store_root,
                     cpus_per_teacher=spec.resources.teacher.cpus, gpus_per_teacher=spec.resources.teacher.gpus,
-                    retries=spec.resources.retries, tracking_uri=loc.tracking_uri, experiment=spec.name)
+                    retries=spec.resources.retries, tracking_uri=loc.tracking_uri, experiment=spec.name, out=out)
     for r in zoo:
         out(f"  teacher {r.label:<28} {r.key}  {r.status}" + (f": {r.error}" if r.error else ""))
     failed = [r for r in zoo if r.status == "failed"]

@@ -37,6 +37,7 @@ from explorer.teachers.store import TeacherRecipe, TeacherRecord, TeacherStore, 
 from explorer.tracking import absolute_tracking_uri
 from explorer.training.build import ensure_teacher
 
+from .build_progress import BuildProgress
 from .locks import store_lock
 from .tracking.teacher_runs import TeacherRuns
 
@@ -70,10 +71,12 @@ def _numbers(metrics: dict) -> dict[str, float]:
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _build_one(recipe: TeacherRecipe, stop_epochs: list[int], store_root: str, lock: str, cpus: float) -> dict:
+def _build_one(recipe: TeacherRecipe, stop_epochs: list[int], store_root: str, lock: str, cpus: float,
+               reporter=None) -> dict:
     """Body of one build task: builds, logs nothing; returns plain data for the driver: `status`,
     `record`, `error`, `history` ([epoch, time in ms, {metric: value}] per epoch trained here),
-    `started` and `ended` (ms). A KdxError is returned (not raised) so that Ray does not retry it."""
+    `started` and `ended` (ms). A KdxError is returned (not raised) so that Ray does not retry it.
+    Each epoch trained is also told to `reporter` (trainables/build_progress.py) when there is one."""
     import torch
 
     torch.set_num_threads(max(1, int(cpus)))
@@ -83,9 +86,13 @@ def _build_one(recipe: TeacherRecipe, stop_epochs: list[int], store_root: str, l
     if record is not None:  # built meanwhile by someone else
         return {"status": REUSED, "record": record}
     history: list = []
+
+    def on_epoch(epoch, m):
+        history.append([epoch, _ms(), _numbers(m)])
+        if reporter is not None:
+            reporter.put.remote(recipe.key(), epoch)
     try:
-        record, built = ensure_teacher(store, recipe, stop_epochs,
-                                     on_epoch=lambda epoch, m: history.append([epoch, _ms(), _numbers(m)]))
+        record, built = ensure_teacher(store, recipe, stop_epochs, on_epoch=on_epoch)
     except KdxError as e:
         return {"status": FAILED, "error": str(e), "history": history, "started": started, "ended": _ms()}
     # Not built: another process built it while we waited for the lock (its run stands).
@@ -144,8 +151,8 @@ class _Builds:
     Each result goes to `results` (and MLflow, through `runs`) as its task ends."""
 
     def __init__(self, merged: dict, results: dict[str, ZooResult], task, store_root: str, lock: str, cpus: float,
-                 runs: TeacherRuns | None):
-        self.merged, self.results, self.task, self.runs = merged, results, task, runs
+                 runs: TeacherRuns | None, progress: BuildProgress | None):
+        self.merged, self.results, self.task, self.runs, self.progress = merged, results, task, runs, progress
         self.args = (store_root, lock, cpus)
         self.waiting: list[str] = []
         self.refs: dict = {}  # task ref -> teacher key
@@ -162,7 +169,8 @@ class _Builds:
                 self.results[key] = ZooResult(key, recipe.label(), FAILED, None,
                                               f"its parent teacher {parent} failed", tuple(sorted(stops)))
                 continue
-            ref = self.task.remote(recipe, sorted(stops), *self.args)
+            ref = self.task.remote(recipe, sorted(stops), *self.args,
+                                   self.progress.reporter if self.progress else None)
             self.refs[ref], self.launched[ref] = key, _ms()
 
     def finish(self, ref) -> None:
@@ -190,9 +198,11 @@ class _Builds:
                 if not pending:
                     break
                 continue
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=self.progress.every_s if self.progress else None)
             for ref in ready:
                 self.finish(ref)
+            if self.progress:
+                self.progress.poll(set(self.results), force=bool(ready))
             before = set(self.refs)
             self.launch_ready()
             pending += [r for r in self.refs if r not in before]
@@ -200,9 +210,10 @@ class _Builds:
 
 def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, *, cpus_per_teacher: float = 1,
               gpus_per_teacher: float = 0, retries: int = 2, tracking_uri: str | None = None,
-              experiment: str | None = None, lock: str = "auto") -> list[ZooResult]:
+              experiment: str | None = None, lock: str = "auto", out=None) -> list[ZooResult]:
     """Build every missing teacher of `requests` in parallel as Ray tasks; one ZooResult per distinct
     teacher, in request order (the same recipe asked twice is merged: union of its stop epochs).
+    With `out`, the builds' progress is printed through it while they run (trainables/build_progress.py).
 
     Everything is validated before any task starts (KdxError). Ray must be initialised."""
     _check_resources(cpus_per_teacher, gpus_per_teacher, retries)
@@ -224,5 +235,11 @@ def build_zoo(requests: list[tuple[TeacherRecipe, list[int]]], store_root: str, 
         runs = TeacherRuns(tracking_uri, experiment or DEFAULT_TEACHER_EXPERIMENT) if tracking_uri else None
         task = _build_remote.options(num_cpus=cpus_per_teacher, num_gpus=gpus_per_teacher, max_retries=retries,
                                      retry_exceptions=True)
-        _Builds(merged, results, task, store.root, lock, cpus_per_teacher, runs).run(todo)
+        progress = BuildProgress({k: max(merged[k][1]) for k in todo}, {k: merged[k][0].label() for k in todo},
+                                 out) if out else None
+        try:
+            _Builds(merged, results, task, store.root, lock, cpus_per_teacher, runs, progress).run(todo)
+        finally:
+            if progress:
+                progress.close()
     return [results[key] for key in merged]

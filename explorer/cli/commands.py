@@ -175,15 +175,15 @@ def _datasets_args(p):
 
 @command("datasets", "list datasets with their shapes", _datasets_args)
 def cmd_datasets(args):
-    from explorer.data.registry import DATASETS
+    from explorer.data.registry import listed_datasets
 
     rows = [{"name": d.name, "num_classes": d.num_classes, "input_shape": list(d.input_shape),
-             "augment": d.augment, "description": d.description} for d in DATASETS.values()]
+             "augment": d.augment, "description": d.description} for d in listed_datasets()]
     if args.json:
         print_json({"datasets": rows})
     else:
         for r in rows:
-            print(f"{r['name']:<10} {r['num_classes']:>4} classes  input {tuple(r['input_shape'])!s:<12} "
+            print(f"{r['name']:<24} {r['num_classes']:>4} classes  input {tuple(r['input_shape'])!s:<12} "
                   f"augment={r['augment']:<9} {r['description']}")
 
 

@@ -20,7 +20,10 @@ def _train_args(p):
     add_hparam_arguments(p)
     p.add_argument("--chain-method", default="kd",
                    help="how links of a teacher chain ('a<b', 'a^g') are distilled (default kd at its defaults)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the student's seed (init, data order, augmentation)")
+    p.add_argument("--teacher-seed", type=int, default=0,
+                   help="the teacher's seed, fixed whatever --seed is, as a spec's teachers.seed (default 0); "
+                        "'a:sN' in --teacher sets one link's")
     p.add_argument("--baseline", action="store_true", help="also train the CE-only student (same seed)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the final metrics")
@@ -75,7 +78,7 @@ def obtain_teacher(args, spec, splits, device):
                         "(kd, ckm, wsl)")
     store = TeacherStore(args.store or default_store_root())
     models, infos = [], []
-    for links in teacher_chains(entry, spec, recipe, args.seed, stop, (args.chain_method, {}), field="--teacher"):
+    for links in teacher_chains(entry, spec, recipe, args.teacher_seed, stop, (args.chain_method, {}), field="--teacher"):
         for link in links:
             show = _progress(f"teacher {link.arch}" + (f" <{link.recipe.parent_key[:8]}" if link.recipe.parent_key else ""))
             view = SimpleNamespace(cfg=link.recipe.train)  # what _progress reads from a trainer
@@ -87,7 +90,7 @@ def obtain_teacher(args, spec, splits, device):
         model, info = store.teacher(links[-1].key, stop, device=device or default_device())
         models.append(model)
         infos.append(info)
-    kind = teacher_kind(parse_teacher(entry, args.seed, field="--teacher"))
+    kind = teacher_kind(parse_teacher(entry, args.teacher_seed, field="--teacher"))
     if len(models) == 1:
         info = infos[0]
         return models[0], {"val_acc": info["val_acc"], "test_acc": info["test_acc"], "epoch": stop,
@@ -102,10 +105,10 @@ def _check_teacher(args, method) -> None:
     from explorer.teachers.entries import distillation_problem, parse_teacher
 
     entry = args.teacher.replace(",", "+") if args.teacher else None
-    problem = distillation_problem(method, args.student, entry, args.seed, field="--teacher")
+    problem = distillation_problem(method, args.student, entry, args.teacher_seed, field="--teacher")
     if problem:
         raise bad_value("--teacher", args.teacher, problem)
-    for chain in parse_teacher(entry, args.seed, field="--teacher") if entry else []:
+    for chain in parse_teacher(entry, args.teacher_seed, field="--teacher") if entry else []:
         for arch, seed in chain:
             recipe_from_args(args, "teacher_", arch, seed).validate()
 
@@ -153,7 +156,8 @@ def _teacher(args, spec, splits) -> tuple:
         ens, s = TeacherEnsemble([module_of(t) for t in teacher]), splits
         t_final["val_acc"] = evaluate(ens, s.val_x, s.val_y)[0]
         t_final["test_acc"] = evaluate(ens, s.test_x, s.test_y)[0]
-    return teacher, {"teacher": args.teacher, "teacher_kind": kind, "teacher_key": t_final["key"],
+    return teacher, {"teacher": args.teacher, "teacher_seed": args.teacher_seed, "teacher_kind": kind,
+                     "teacher_key": t_final["key"],
                      "teacher_val_acc": t_final["val_acc"], "teacher_test_acc": t_final["test_acc"]}
 
 

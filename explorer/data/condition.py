@@ -22,6 +22,10 @@ How `load_splits` builds the splits (the order matters)
    (Python's `round`, half to even; nothing when val_fraction == 0; never the whole class when it
    has 2 or more samples). Which samples: the first ones of that class in a seeded random
    permutation. Val keeps the clean labels and all classes.
+   b. `train_per_class` (when set): the train split keeps the first n of each class in a seeded
+      permutation (its own step), a balanced subset that makes a large dataset fit a CPU budget; the
+      validation split is carved first, so it does not shrink with it. A class with fewer than n samples
+      left is refused, at validate where the official per-class counts are registered.
 3. On the remaining train split, in this order:
    a. `omit_classes`: every sample of those classes is dropped (train only; val/test keep them).
    b. power-law imbalance (`imbalance_gamma`): the remaining classes, in index order, are ranked
@@ -61,7 +65,7 @@ import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
-from explorer.data.registry import DATASETS, dataset_names
+from explorer.data.registry import dataset_info
 from explorer.data.sampling import holdout_counts
 from explorer.errors import bad_value
 
@@ -106,6 +110,14 @@ def imbalance_counts(cond: "DataCondition", present: list[int], available: list[
                             f"val_fraction; to keep the max/min ratio of {ratio:g}, leave imbalance_max out and set "
                             f"imbalance_min: {max(1, round(fits / ratio))}")
     return wanted
+
+
+def check_train_per_class(n: int, available: list[int]) -> None:
+    """Step 2b can take `n` of every class from a train split with `available` samples per class."""
+    if n > min(available):
+        cls = available.index(min(available))
+        raise bad_value("train_per_class", n, f"class {cls} has only {min(available)} training samples after the "
+                        f"validation split; allowed: at most {min(available)}, or null for the whole train split")
 
 
 # The data a run's teachers train on (`DataSpec.teacher_condition`; a spec's `teachers.data_condition`).
@@ -190,6 +202,7 @@ class DataSpec:
     split_seed: int = 0
     condition: DataCondition = DataCondition()
     teacher_condition: str = "same"
+    train_per_class: int | None = None  # a balanced subset of the train split (step 2b), None: all of it
 
     def __post_init__(self):
         if isinstance(self.condition, Mapping):
@@ -201,8 +214,7 @@ class DataSpec:
 
     def validate(self) -> None:
         """Check everything that can be checked without loading data (KdxError on a bad value)."""
-        if self.dataset not in DATASETS:
-            raise bad_value("dataset", self.dataset, f"allowed: {', '.join(dataset_names())}")
+        info = dataset_info(self.dataset)
         vf = self.val_fraction
         if not _is_real(vf) or not (0.0 <= float(vf) < 1.0):
             raise bad_value("val_fraction", vf, "allowed: a number in [0, 1)")
@@ -210,7 +222,7 @@ class DataSpec:
             raise bad_value("split_seed", self.split_seed, "allowed: an integer from 0 to 2**32 - 1")
         if not isinstance(self.condition, DataCondition):
             raise bad_value("condition", self.condition, "allowed: a DataCondition")
-        info = DATASETS[self.dataset]
+        self._check_train_per_class(info.class_counts, float(vf))
         self.condition.validate(info.num_classes)
         if self.teacher_condition not in TEACHER_CONDITIONS:
             raise bad_value("teacher_condition", self.teacher_condition, f"allowed: {', '.join(TEACHER_CONDITIONS)}")
@@ -219,6 +231,15 @@ class DataSpec:
             left = [n - h for n, h in zip(info.class_counts, holdout_counts(list(info.class_counts), float(vf)))]
             present = [c for c in range(info.num_classes) if c not in set(cond.omit_classes)]
             imbalance_counts(cond, present, [left[c] for c in present], float(vf))
+
+    def _check_train_per_class(self, class_counts, vf: float) -> None:
+        n = self.train_per_class
+        if n is None:
+            return
+        if not _is_int(n) or n < 1:
+            raise bad_value("train_per_class", n, "allowed: an integer >= 1, or null for the whole train split")
+        if class_counts is not None:  # the official counts: checked before loading
+            check_train_per_class(n, [c - h for c, h in zip(class_counts, holdout_counts(list(class_counts), vf))])
 
     def teacher_data(self) -> "DataSpec":
         """The DataSpec this run's teachers train on: this one (`same`), or (`clean`) the same dataset,
@@ -236,4 +257,4 @@ class DataSpec:
             "split_seed": int(self.split_seed),
             "condition": self.condition.identity(),
             "data_version": DATA_VERSION,
-        }
+        } | ({} if self.train_per_class is None else {"train_per_class": int(self.train_per_class)})

@@ -13,6 +13,11 @@ The plugins (registered on `import explorer.data`):
 * `cifar10` / `cifar100`: the extracted python-version archive in `data_dir` (explorer/data/cifar.py).
 * `mnist`: torchvision's on-disk MNIST (`<data_dir>/MNIST/raw/`, the idx files; explorer/data/mnist.py).
 * `fake`: small synthetic images with learnable class structure, for tests (builtin.py).
+
+Names with a prefix resolve through a family registered for the prefix (`register_prefix`), as model
+names resolve by pattern: `torchvision:<Class>` is any of the torchvision classification datasets kdx
+reads from `data_dir` in torchvision's layout (explorer/data/torchvision_sets.py). `dataset_info(name)`
+is the one lookup for both.
 """
 
 from __future__ import annotations
@@ -20,14 +25,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from torch import Tensor
 
 from explorer.data.augment import AUGMENTATIONS
-from explorer.errors import KdxError
+from explorer.errors import KdxError, bad_value
 
-__all__ = ["DatasetInfo", "DATASETS", "register_dataset", "dataset_names", "cache_dir", "check_data_present"]
+__all__ = ["DatasetInfo", "DATASETS", "register_dataset", "register_prefix", "dataset_info", "dataset_names",
+           "listed_datasets", "cache_dir", "check_data_present"]
 
 # ----------------------------------------------------------------------------- registry
 Loader = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]  # a DataSpec -> the official splits
@@ -73,15 +79,57 @@ def register_dataset(name: str, description: str, num_classes: int, input_shape:
     return register
 
 
+@dataclass(frozen=True)
+class _Prefix:
+    resolve: Callable[[str], DatasetInfo]  # the name after the prefix -> its DatasetInfo (KdxError if unknown)
+    allowed: str  # how the family's names are spelled in the "unknown dataset" sentence
+    examples: tuple[str, ...]  # the names `kdx datasets` lists
+
+
+_PREFIXES: dict[str, _Prefix] = {}
+_RESOLVED: dict[str, DatasetInfo] = {}
+
+
+def register_prefix(prefix: str, allowed: str, examples: Iterable[str]) -> Callable:
+    """Decorator: datasets named `<prefix>:<rest>` resolve through `resolve(rest) -> DatasetInfo`."""
+    if prefix in _PREFIXES:
+        raise ValueError(f"dataset prefix {prefix!r} is already registered.")
+
+    def register(resolve: Callable[[str], DatasetInfo]) -> Callable[[str], DatasetInfo]:
+        _PREFIXES[prefix] = _Prefix(resolve, allowed, tuple(examples))
+        return resolve
+    return register
+
+
 def dataset_names() -> list[str]:
-    return sorted(DATASETS)
+    """The registered names, and for each prefix family how its names are spelled."""
+    return sorted(DATASETS) + [p.allowed for p in _PREFIXES.values()]
+
+
+def listed_datasets() -> list[DatasetInfo]:
+    """What `kdx datasets` lists: every registered dataset, then each prefix family's examples."""
+    return list(DATASETS.values()) + [dataset_info(n) for p in _PREFIXES.values() for n in p.examples]
+
+
+def dataset_info(name) -> DatasetInfo:
+    """The dataset called `name`: a registered one, or one a prefix family resolves (once per name);
+    KdxError naming `dataset` and what is allowed."""
+    if isinstance(name, str) and name in DATASETS:
+        return DATASETS[name]
+    if isinstance(name, str) and name in _RESOLVED:
+        return _RESOLVED[name]
+    prefix, sep, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not sep or prefix not in _PREFIXES:
+        raise bad_value("dataset", name, f"allowed: {', '.join(dataset_names())}")
+    _RESOLVED[name] = info = _PREFIXES[prefix].resolve(rest)
+    return info
 
 
 def check_data_present(spec) -> None:
     """The data of an on-disk dataset is where `spec` says, or is to be downloaded there: checked
     without loading it, before any compute; KdxError naming `dataset.<field>`."""
-    info = DATASETS.get(spec.dataset)
-    if info is not None and info.check is not None:
+    info = dataset_info(spec.dataset)
+    if info.check is not None:
         try:
             info.check(spec)
         except KdxError as e:

@@ -19,6 +19,7 @@ class DatasetSection(Strict):
     download: bool = Field(False, description="download CIFAR or MNIST into data_dir if missing")
     val_fraction: float = Field(0.1, description="validation split carved from train")
     split_seed: int = Field(0, description="seed of the validation split and the data conditions")
+    train_per_class: int | None = Field(None, description="keep n training samples of each class (a balanced subset)")
     label_noise: float = Field(0.0, description="symmetric label-noise rate sigma (train only)")
     imbalance_gamma: float | None = Field(None, description="power-law class imbalance gamma")
     imbalance_max: int | None = Field(None, description="largest class count under imbalance")
@@ -29,7 +30,7 @@ class DatasetSection(Strict):
         """The checked DataSpec; KdxError naming `dataset.<field>`."""
         spec = DataSpec(
             dataset=self.name, data_dir=self.data_dir, download=self.download,
-            val_fraction=self.val_fraction, split_seed=self.split_seed,
+            val_fraction=self.val_fraction, split_seed=self.split_seed, train_per_class=self.train_per_class,
             condition=DataCondition(
                 label_noise=self.label_noise, imbalance_gamma=self.imbalance_gamma,
                 imbalance_max=self.imbalance_max, imbalance_min=self.imbalance_min,

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from explorer.data.condition import DataSpec, imbalance_counts
-from explorer.data.registry import DATASETS
+from explorer.data.condition import DataSpec, check_train_per_class, imbalance_counts
+from explorer.data.registry import dataset_info
 from explorer.data.sampling import step_generator, stratified_holdout, take_first_per_class
 
 
@@ -73,7 +73,7 @@ def _apply_condition(x: Tensor, y: Tensor, num_classes: int, spec: DataSpec) -> 
 def load_splits(spec: DataSpec) -> Splits:
     """Load `spec.dataset`, carve the stratified val split, apply the train condition (module docstring)."""
     spec.validate()
-    info = DATASETS[spec.dataset]
+    info = dataset_info(spec.dataset)
     train_x, train_y, test_x, test_y = info.loader(spec)
     k = info.num_classes
 
@@ -81,6 +81,12 @@ def load_splits(spec: DataSpec) -> Splits:
                                    step_generator(spec.split_seed, "val_split"))
     val_x, val_y = train_x[val], train_y[val]
     tr_x, tr_y = train_x[keep], train_y[keep]
+    if spec.train_per_class is not None:  # step 2b
+        counts = torch.bincount(tr_y, minlength=k)
+        check_train_per_class(int(spec.train_per_class), counts.tolist())
+        subset, _ = take_first_per_class(tr_y, torch.full((k,), int(spec.train_per_class)),
+                                         step_generator(spec.split_seed, "train_per_class"))
+        tr_x, tr_y = tr_x[subset], tr_y[subset]
     tr_x, tr_y, tr_clean = _apply_condition(tr_x, tr_y, k, spec)
     return Splits(
         name=info.name, num_classes=k, input_shape=tuple(info.input_shape), augment=info.augment,

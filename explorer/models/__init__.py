@@ -18,7 +18,7 @@ Importing this package imports every family module, which is what registers them
 from explorer.models.base import KdxModel, TrunkHead
 from explorer.models.registry import (Factory, allowed_archs, build_model, count_params, default_input_family,
                                       is_known_model, list_models, register_family)
-from explorer.models import resnet, wrn, small  # isort: skip  # noqa: E402,F401  (registration order = list_models order)
+from explorer.models import resnet, wrn, small, cnn2d  # isort: skip  # noqa: E402,F401  (registration order = list_models order)
 from explorer.models.branches import MultiBranch, split_trunk_head
 from explorer.models.resnet import BasicBlock, CifarResNet
 from explorer.models.small import MLP, CNN1d

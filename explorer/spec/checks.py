@@ -3,7 +3,7 @@ the equal budget per cell (`search.trials_per_cell`) and fused search trials (`s
 
 from __future__ import annotations
 
-from explorer.data.registry import DATASETS
+from explorer.data.registry import dataset_info
 from explorer.errors import KdxError
 from explorer.methods import METHODS, Method, get_method
 from explorer.spec.axes import Axis
@@ -20,7 +20,7 @@ def check_fused_search(spec, methods: list[Method]) -> None:
     if len(spec.seeds) < 2:
         raise KdxError(f"search.fuse_seeds: got true with seeds {spec.seeds}; allowed: true with two or more "
                        "seeds (each trial trains them all), or false.")
-    info = DATASETS[spec.dataset.name]
+    info = dataset_info(spec.dataset.name)
     steps = spec.value_axes().get("student.adversarial_steps")
     for arch in spec.student_archs():
         fuses = architecture_problem(arch, info.num_classes, tuple(info.input_shape))  # once per architecture

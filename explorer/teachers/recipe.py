@@ -33,7 +33,7 @@ import torch
 
 from explorer.config import Recipe, TrainConfig
 from explorer.data.condition import DataSpec
-from explorer.data.registry import DATASETS
+from explorer.data.registry import dataset_info
 from explorer.errors import bad_value
 from explorer.methods import Method, get_method
 from explorer.models import build_model, is_known_model
@@ -179,7 +179,7 @@ class TeacherRecipe:
         if not is_known_model(self.train.arch):
             build_model(self.train.arch, 10, (1, 40))  # raises the models module's one-sentence error
         self.train.validate()
-        info = DATASETS[self.data.dataset]
+        info = dataset_info(self.data.dataset)
         with torch.device("meta"):  # shape check only: no memory, no compute
             build_model(self.train.arch, info.num_classes, tuple(info.input_shape))
 
@@ -191,7 +191,7 @@ class TeacherRecipe:
         method hyperparameters are resolved (defaults filled in); views only where they apply
         (`keyed_train`)."""
         train = keyed_train(self.train, distilled=self.parent_key is not None,
-                            augmented=getattr(DATASETS.get(self.data.dataset), "augment", None) == "crop_flip")
+                            augmented=dataset_info(self.data.dataset).augment == "crop_flip")
         return _norm({"schema": SCHEMA_VERSION, "kind": "kdx-teacher", "data": self.data.identity(),
                       "train": train, "parent_key": self.parent_key})
 
