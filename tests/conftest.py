@@ -28,18 +28,11 @@ class SharedRay:
 
 
 PER_WORKER = {"shared_ray", "tmp_path_factory", "worker_id", "testrun_uid"}  # cheap or per worker by design
-# The modules whose tests run whole searches (tens of seconds each) go first, so that the two workers end
-# together on the many short tests rather than one waiting while the other runs a long search last.
-LONG_FIRST = ("test_repeatable", "test_robustness_search", "test_seed_specs", "test_search", "test_knowledge",
-              "test_student_axes", "test_fused_search", "test_cell_budget", "test_omitted", "test_fashion",
-              "test_robustness", "test_zoo", "test_mlflow_ui")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Long modules first (LONG_FIRST), and the tests that share a built fixture kept on one xdist worker
-    (`--dist loadgroup` reads the `xdist_group` mark; without xdist the mark does nothing)."""
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__, len(LONG_FIRST)))  # stable: file order kept within
+    """Keep the tests that share a built fixture on one xdist worker (`--dist loadgroup` reads the
+    `xdist_group` mark; without xdist the mark does nothing)."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         shared = sorted(
