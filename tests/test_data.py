@@ -530,3 +530,17 @@ def test_train_per_class_takes_a_balanced_seeded_subset_and_leaves_validation_al
     assert DataSpec("mnist1d", train_per_class=100).identity()["train_per_class"] == 100
     with pytest.raises(KdxError, match=r"^train_per_class: got 1000; class \d has only \d+ training samples"):
         load_splits(DataSpec("mnist1d", train_per_class=1000))
+
+
+def test_a_download_that_leaves_files_missing_is_one_sentence_naming_data_dir():
+    from explorer.data.registry import download_missing
+
+    files, fetched = {"a"}, []
+    spec = DataSpec("mnist", data_dir="/data")
+    download_missing(spec, "MNIST", "MNIST/raw", lambda: sorted({"a"} - files), lambda: fetched.append(1), "x")
+    assert fetched == []  # nothing missing: nothing fetched
+    files.clear()
+    download_missing(spec, "MNIST", "MNIST/raw", lambda: sorted({"a"} - files), lambda: files.add("a"), "x")
+    with pytest.raises(KdxError, match=r"^data_dir: got '/data'; the MNIST download left it incomplete "
+                                       r"\(missing b in MNIST/raw/\); allowed: the four idx files there\.$"):
+        download_missing(spec, "MNIST", "MNIST/raw", lambda: ["b"], lambda: None, "the four idx files there")

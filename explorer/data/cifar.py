@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from explorer.data.condition import DataSpec
-from explorer.data.registry import Loader, normalise_, register_dataset
+from explorer.data.registry import Loader, download_missing, normalise_, register_dataset
 from explorer.errors import KdxError, bad_value
 
 
@@ -162,13 +162,8 @@ def _cifar_loader(key: str) -> Loader:
     def load(spec: DataSpec):
         check_present(key, spec)
         root = Path(spec.data_dir).expanduser()
-        if _cifar_missing(root, fmt):  # download: true
-            _download_cifar(root, fmt)
-            missing = _cifar_missing(root, fmt)
-            if missing:
-                raise bad_value("data_dir", spec.data_dir, f"the {fmt.title} download left it incomplete (missing "
-                                f"{', '.join(missing)} in {fmt.folder}/); allowed: a copy of the extracted "
-                                "python-version archive there")
+        download_missing(spec, fmt.title, fmt.folder, lambda: _cifar_missing(root, fmt),
+                         lambda: _download_cifar(root, fmt), "a copy of the extracted python-version archive there")
         hint = repr(str(root / fmt.folder))
         mean = torch.tensor(fmt.mean).view(1, 3, 1, 1)
         std = torch.tensor(fmt.std).view(1, 3, 1, 1)

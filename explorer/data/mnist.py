@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from explorer.data.condition import DataSpec
-from explorer.data.registry import Loader, normalise_, register_dataset
+from explorer.data.registry import Loader, download_missing, normalise_, register_dataset
 from explorer.errors import KdxError, bad_value
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -150,12 +150,8 @@ def idx_loader(ds: IdxSet) -> Loader:
     def load(spec: DataSpec):
         check_present(ds, spec)
         root = Path(spec.data_dir).expanduser()
-        if _missing(root, ds):  # download: true
-            _download(root, ds)
-            missing = _missing(root, ds)
-            if missing:
-                raise bad_value("data_dir", spec.data_dir, f"the {ds.title} download left it incomplete (missing "
-                                f"{', '.join(missing)} in {ds.folder}/); allowed: the four idx files there")
+        download_missing(spec, ds.title, ds.folder, lambda: _missing(root, ds), lambda: _download(root, ds),
+                         "the four idx files there")
         train_x, train_y = _read_split(root, ds, "train")
         test_x, test_y = _read_split(root, ds, "test")
         mean, std = ds.mean_std or (train_x.mean().item(), train_x.std().item())

@@ -33,7 +33,7 @@ from explorer.data.augment import AUGMENTATIONS
 from explorer.errors import KdxError, bad_value
 
 __all__ = ["DatasetInfo", "DATASETS", "register_dataset", "register_prefix", "dataset_info", "dataset_names",
-           "listed_datasets", "cache_dir", "check_data_present"]
+           "listed_datasets", "cache_dir", "check_data_present", "download_missing"]
 
 # ----------------------------------------------------------------------------- registry
 Loader = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]  # a DataSpec -> the official splits
@@ -142,6 +142,19 @@ def cache_dir(spec=None) -> Path:
         return Path(spec.data_dir).expanduser()
     env = os.environ.get("KDX_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "kdx"
+
+
+def download_missing(spec, title: str, folder, missing: Callable[[], list[str]], download: Callable[[], None],
+                     allowed: str) -> None:
+    """With `download: true` and files `missing()`: fetch them (`download()`), then refuse in one sentence
+    naming data_dir if some are still missing. Nothing happens when every file is there."""
+    if not missing():
+        return
+    download()
+    left = missing()
+    if left:
+        raise bad_value("data_dir", spec.data_dir, f"the {title} download left it incomplete (missing "
+                        f"{', '.join(left)} in {folder}/); allowed: {allowed}")
 
 
 def normalise_(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
