@@ -10,7 +10,6 @@ far times the epochs left: teachers of different sizes make it rough, and it say
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Callable
 
 import ray
@@ -30,8 +29,10 @@ class _Epochs:
         return dict(self.reached)
 
 
-def _clock(seconds: float) -> str:
-    return str(timedelta(seconds=round(seconds)))
+def duration(seconds: float) -> str:
+    """H:MM:SS, as the trials' progress (trainables/callbacks.py) and the builds' show elapsed time and ETAs."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def build_line(epochs: dict[str, int], labels: dict[str, str], reached: dict[str, int], done: set[str],
@@ -40,10 +41,10 @@ def build_line(epochs: dict[str, int], labels: dict[str, str], reached: dict[str
     train (a finished build counts all of its own), elapsed, the ETA, and each running build's epoch."""
     trained = sum(epochs[k] if k in done else min(reached.get(k, 0), epochs[k]) for k in epochs)
     total = sum(epochs.values())
-    eta = _clock(elapsed / trained * (total - trained)) if trained else "-"
+    eta = duration(elapsed / trained * (total - trained)) if trained else "-"
     running = [f"{labels[k]} epoch {reached[k]}/{epochs[k]}" for k in epochs if k not in done and k in reached]
     return (f"[teachers] {len(done & set(epochs))}/{len(epochs)} finished, {trained}/{total} epochs, elapsed "
-            f"{_clock(elapsed)}, ETA ~{eta}" + (f" | {', '.join(running)}" if running else ""))
+            f"{duration(elapsed)}, ETA ~{eta}" + (f" | {', '.join(running)}" if running else ""))
 
 
 class BuildProgress:

@@ -9,6 +9,7 @@ from ray.tune import Callback
 
 from explorer.tracking import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED, RUNNING, is_better
 
+from .build_progress import duration
 from .clock import trial_outcome
 from .plan import Plan, trial_label
 from .tracking.trial_runs import MlflowTrialLogger  # noqa: F401 (the name a search interrupted under an
@@ -19,11 +20,6 @@ from .tracking.trial_runs import MlflowTrialLogger  # noqa: F401 (the name a sea
 def trial_status(trial, plan: Plan) -> str:
     """completed / pruned / diverged of a finished Tune trial, on its own epoch clock (trainables/clock.py)."""
     return trial_outcome(trial.last_result, plan.trial_epochs)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class SearchProgress(Callback):
@@ -99,9 +95,9 @@ class SearchProgress(Callback):
             self._bar.update(self._task, completed=done, counts=text)
             return
         new = done - len(self._earlier or ())
-        eta = _duration(elapsed / new * (self.total - done)) if 0 < new and done < self.total else "-"
+        eta = duration(elapsed / new * (self.total - done)) if 0 < new and done < self.total else "-"
         label = f" ({trial_label(self.plan.settings(best_trial.config, self.kind))})" if best_trial else ""
-        self.out(f"[{self.plan.name} {self.kind}] {done}/{self.total} trials done, elapsed {_duration(elapsed)}, "
+        self.out(f"[{self.plan.name} {self.kind}] {done}/{self.total} trials done, elapsed {duration(elapsed)}, "
                  f"ETA {eta}: {text}{label}", flush=True)
 
     def _maybe_show(self, trials) -> None:

@@ -86,11 +86,12 @@ def _build_one(recipe: TeacherRecipe, stop_epochs: list[int], store_root: str, l
     if record is not None:  # built meanwhile by someone else
         return {"status": REUSED, "record": record}
     history: list = []
+    key = recipe.key()
 
     def on_epoch(epoch, m):
         history.append([epoch, _ms(), _numbers(m)])
         if reporter is not None:
-            reporter.put.remote(recipe.key(), epoch)
+            reporter.put.remote(key, epoch)
     try:
         record, built = ensure_teacher(store, recipe, stop_epochs, on_epoch=on_epoch)
     except KdxError as e:
